@@ -1,0 +1,59 @@
+//! The rule author's tools: `rules check`, `rules test`, `explain`. Each
+//! returns its report as text so tests can read exactly what a person sees.
+
+pub mod explain;
+pub mod fixtures;
+
+use std::path::Path;
+
+use crate::decode::decode_structured;
+use crate::directory::Directory;
+use crate::event::Event;
+use crate::route::RuleSet;
+
+/// Reads a file of events, one CloudEvent per line (blank lines and `#` comments skipped).
+pub fn read_jsonl(path: &Path) -> Result<Vec<Event>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut events = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let event = decode_structured(line.as_bytes()).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// Reads one event file (a single structured CloudEvent).
+pub fn read_event(path: &Path) -> Result<Event, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    decode_structured(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads a directory file and builds the directory from it.
+pub fn read_directory(path: &Path) -> Result<Directory, String> {
+    let events = read_jsonl(path)?;
+    if let Some(other) = events.iter().find(|e| !e.event_type.as_str().starts_with("directory.")) {
+        return Err(format!(
+            "{}: event {} is a {}, not a directory event",
+            path.display(),
+            other.id,
+            other.event_type
+        ));
+    }
+    Ok(Directory::from_events(&events))
+}
+
+/// `rules check`: load and validate; the summary on success, every error on failure.
+pub fn rules_check(dir: &Path) -> Result<String, String> {
+    let set = RuleSet::load_dir(dir).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "rules ok: {} rules, {} notifications, {} selectors (hash {})",
+        set.rules.len(),
+        set.notifications.len(),
+        set.selectors.len(),
+        set.hash
+    ))
+}

@@ -1,0 +1,219 @@
+//! Bytes in, a typed [`Event`] out. A failure here is permanent: the same bytes
+//! will never decode, so the worker dead-letters them with the reason.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::event::{Event, EventData, EventId, EventType};
+
+/// Why a message is not a usable event. The text names the offending field.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("not a CloudEvent: {0}")]
+    NotCloudEvent(String),
+    #[error("unsupported CloudEvents specversion `{0}` (expected 1.0)")]
+    SpecVersion(String),
+    #[error("unknown event type `{0}`")]
+    UnknownType(String),
+    #[error("bad `data` of {event_type}: {path}: {message}")]
+    BadData {
+        event_type: EventType,
+        path: String,
+        message: String,
+    },
+}
+
+impl DecodeError {
+    /// A short machine-readable reason, for the dead-letter header and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::NotJson(_) => "not_json",
+            DecodeError::NotCloudEvent(_) | DecodeError::SpecVersion(_) => "not_cloudevent",
+            DecodeError::UnknownType(_) => "unknown_type",
+            DecodeError::BadData { .. } => "bad_data",
+        }
+    }
+}
+
+/// The CloudEvents context attributes, from a structured body or from headers.
+#[derive(Debug, Deserialize)]
+pub struct Attributes {
+    pub specversion: String,
+    pub id: EventId,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub time: DateTime<Utc>,
+    #[serde(default)]
+    pub subject: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Structured {
+    #[serde(flatten)]
+    attributes: Attributes,
+    data: Value,
+}
+
+/// Decodes a structured-mode CloudEvent (the whole event is the JSON body).
+pub fn decode_structured(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    if !value.is_object() {
+        return Err(DecodeError::NotCloudEvent("the body is not a JSON object".into()));
+    }
+    let structured: Structured =
+        serde_path_to_error::deserialize(value).map_err(|e| DecodeError::NotCloudEvent(describe(&e)))?;
+    decode_data(structured.attributes, structured.data)
+}
+
+/// Decodes a binary-mode CloudEvent: attributes came from `cloudEvents:*`
+/// headers, the body is the `data`.
+pub fn decode_binary(attributes: Attributes, body: &[u8]) -> Result<Event, DecodeError> {
+    let data: Value = serde_json::from_slice(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    decode_data(attributes, data)
+}
+
+fn decode_data(attributes: Attributes, data: Value) -> Result<Event, DecodeError> {
+    if attributes.specversion != "1.0" {
+        return Err(DecodeError::SpecVersion(attributes.specversion));
+    }
+    let event_type = EventType::parse(&attributes.event_type)
+        .ok_or_else(|| DecodeError::UnknownType(attributes.event_type.clone()))?;
+    let data = EventData::from_value(event_type, data).map_err(|e| DecodeError::BadData {
+        event_type,
+        path: data_path(&e),
+        message: e.inner().to_string(),
+    })?;
+    Ok(Event {
+        id: attributes.id,
+        source: attributes.source,
+        event_type,
+        time: attributes.time,
+        subject: attributes.subject,
+        data,
+    })
+}
+
+fn data_path(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    if path == "." {
+        "data".into()
+    } else {
+        format!("data.{path}")
+    }
+}
+
+fn describe(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    if path == "." {
+        e.inner().to_string()
+    } else {
+        format!("{path}: {}", e.inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHARED: &str = include_str!("../rules/tests/events/cosell.opportunity.shared.json");
+
+    fn with(mut v: Value, f: impl FnOnce(&mut Value)) -> Vec<u8> {
+        f(&mut v);
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn shared() -> Value {
+        serde_json::from_str(SHARED).unwrap()
+    }
+
+    #[test]
+    fn decodes_the_example() {
+        let event = decode_structured(SHARED.as_bytes()).unwrap();
+        assert_eq!(event.event_type, EventType::CosellShared);
+        assert_eq!(event.id.as_str(), "evt-1001");
+        let EventData::CosellShared(d) = &event.data else {
+            panic!("wrong variant")
+        };
+        assert_eq!(d.receivers.len(), 2);
+        assert_eq!(
+            d.sender.invited_by.as_ref().unwrap().email.as_str(),
+            "amy@fabrikam.example"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let bytes = with(shared(), |v| {
+            v["extension"] = "x".into();
+            v["data"]["referral"]["brand_new"] = serde_json::json!({"a": 1});
+        });
+        assert!(decode_structured(&bytes).is_ok());
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let bytes = with(shared(), |v| {
+            v["data"]["referral"]["customer"]
+                .as_object_mut()
+                .unwrap()
+                .remove("name");
+        });
+        let err = decode_structured(&bytes).unwrap_err();
+        assert_eq!(err.kind(), "bad_data");
+        let text = err.to_string();
+        assert!(text.contains("data.referral.customer"), "{text}");
+        assert!(text.contains("missing field `name`"), "{text}");
+    }
+
+    #[test]
+    fn a_wrong_type_is_named() {
+        let bytes = with(shared(), |v| v["data"]["referral"]["value"]["amount"] = "lots".into());
+        let text = decode_structured(&bytes).unwrap_err().to_string();
+        assert!(text.contains("data.referral.value.amount"), "{text}");
+        assert!(text.contains("invalid type"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_email_is_named() {
+        let bytes = with(shared(), |v| {
+            v["data"]["sender"]["invited_by"]["email"] = "amy\r\nBcc: x@y.z".into()
+        });
+        let text = decode_structured(&bytes).unwrap_err().to_string();
+        assert!(text.contains("data.sender.invited_by.email"), "{text}");
+    }
+
+    #[test]
+    fn envelope_errors() {
+        assert_eq!(decode_structured(b"{not json").unwrap_err().kind(), "not_json");
+        assert_eq!(decode_structured(b"[1,2]").unwrap_err().kind(), "not_cloudevent");
+        let no_id = with(shared(), |v| {
+            v.as_object_mut().unwrap().remove("id");
+        });
+        let err = decode_structured(&no_id).unwrap_err();
+        assert!(err.to_string().contains("missing field `id`"), "{err}");
+        let unknown = with(shared(), |v| v["type"] = "cosell.opportunity.teleported".into());
+        assert_eq!(
+            decode_structured(&unknown).unwrap_err(),
+            DecodeError::UnknownType("cosell.opportunity.teleported".into())
+        );
+        let v2 = with(shared(), |v| v["specversion"] = "0.3".into());
+        assert_eq!(decode_structured(&v2).unwrap_err().kind(), "not_cloudevent");
+    }
+
+    #[test]
+    fn every_example_decodes() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/tests/events");
+        let mut seen = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            let event = decode_structured(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen.insert(event.event_type);
+        }
+        assert_eq!(seen.len(), EventType::ALL.len(), "an example for every event type");
+    }
+}

@@ -1,0 +1,213 @@
+//! Who holds which role where: built from `directory.*` events, read by routing.
+//!
+//! Referral admins never appear in referral events, so the router keeps its own
+//! copy of the partner directory. This in-memory form is what routing reads;
+//! the store persists the events that build it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::event::{
+    EmailAddress, Event, EventData, LocationId, PartnerId, ProfileContact, Role, RoleGrant, TimeZone, UserId,
+};
+
+/// A partner's settings that shape its messages and its digest day.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Partner {
+    pub name: String,
+    pub time_zone: Option<TimeZone>,
+    pub locale: Option<String>,
+}
+
+/// A user with the roles they hold.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct User {
+    pub partner_id: PartnerId,
+    pub user_id: UserId,
+    pub name: String,
+    pub email: EmailAddress,
+    pub locale: Option<String>,
+    pub time_zone: Option<TimeZone>,
+    pub roles: Vec<RoleGrant>,
+}
+
+impl User {
+    /// True when the user holds `role` for `location` itself or for the whole partner.
+    pub fn holds(&self, role: Role, location: Option<&LocationId>) -> bool {
+        self.roles
+            .iter()
+            .any(|g| g.role == role && (g.location_id.is_none() || g.location_id.as_ref() == location))
+    }
+}
+
+/// Read access to the directory, as routing needs it.
+pub trait DirectoryView {
+    fn partner(&self, partner: &PartnerId) -> Option<&Partner>;
+    /// Users of `partner` holding `role` at `location`, or globally.
+    fn holders(&self, partner: &PartnerId, role: Role, location: Option<&LocationId>) -> Vec<&User>;
+    fn profile_contact(&self, partner: &PartnerId, location: &LocationId) -> Option<&ProfileContact>;
+    /// A known user by email, to learn their locale and time zone.
+    fn user_by_email(&self, email: &EmailAddress) -> Option<&User>;
+}
+
+/// The directory, in memory.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Directory {
+    partners: HashMap<PartnerId, Partner>,
+    users: BTreeMap<(PartnerId, UserId), User>,
+    contacts: HashMap<(PartnerId, LocationId), ProfileContact>,
+}
+
+impl Directory {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one event; returns false (and changes nothing) for non-directory events.
+    pub fn apply(&mut self, event: &Event) -> bool {
+        match &event.data {
+            EventData::PartnerUpserted(p) => {
+                self.partners.insert(
+                    p.partner_id.clone(),
+                    Partner {
+                        name: p.name.clone(),
+                        time_zone: p.time_zone.clone(),
+                        locale: p.locale.clone(),
+                    },
+                );
+            }
+            EventData::UserUpserted(u) => {
+                let user = User {
+                    partner_id: u.partner_id.clone(),
+                    user_id: u.user.user_id.clone(),
+                    name: u.user.name.clone(),
+                    email: u.user.email.clone(),
+                    locale: u.user.locale.clone(),
+                    time_zone: u.user.time_zone.clone(),
+                    roles: u.roles.clone(),
+                };
+                self.users.insert((u.partner_id.clone(), u.user.user_id.clone()), user);
+            }
+            EventData::UserRemoved(u) => {
+                self.users.remove(&(u.partner_id.clone(), u.user_id.clone()));
+            }
+            EventData::ProfileContactSet(c) => {
+                self.contacts
+                    .insert((c.partner_id.clone(), c.location_id.clone()), c.contact.clone());
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Builds a directory from directory events, e.g. the lines of a `.jsonl` file.
+    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
+        let mut dir = Self::new();
+        for event in events {
+            dir.apply(event);
+        }
+        dir
+    }
+
+    pub fn users(&self) -> impl Iterator<Item = &User> {
+        self.users.values()
+    }
+}
+
+impl DirectoryView for Directory {
+    fn partner(&self, partner: &PartnerId) -> Option<&Partner> {
+        self.partners.get(partner)
+    }
+
+    fn holders(&self, partner: &PartnerId, role: Role, location: Option<&LocationId>) -> Vec<&User> {
+        self.users
+            .values()
+            .filter(|u| &u.partner_id == partner && u.holds(role, location))
+            .collect()
+    }
+
+    fn profile_contact(&self, partner: &PartnerId, location: &LocationId) -> Option<&ProfileContact> {
+        self.contacts.get(&(partner.clone(), location.clone()))
+    }
+
+    fn user_by_email(&self, email: &EmailAddress) -> Option<&User> {
+        self.users.values().find(|u| &u.email == email)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::decode_structured;
+
+    fn event(json: serde_json::Value) -> Event {
+        decode_structured(&serde_json::to_vec(&json).unwrap()).unwrap()
+    }
+
+    fn upsert(user: &str, email: &str, roles: serde_json::Value) -> Event {
+        event(serde_json::json!({
+            "specversion": "1.0", "id": format!("u-{user}"), "source": "/t", "type": "directory.user.upserted",
+            "time": "2026-11-01T00:00:00Z",
+            "data": {"partner_id": "fabrikam", "user": {"user_id": user, "name": user, "email": email}, "roles": roles}
+        }))
+    }
+
+    #[test]
+    fn location_and_global_roles() {
+        let mut dir = Directory::new();
+        dir.apply(&upsert(
+            "a",
+            "a@f.example",
+            serde_json::json!([{"role": "referral_admin", "location_id": "L1"}]),
+        ));
+        dir.apply(&upsert(
+            "g",
+            "g@f.example",
+            serde_json::json!([{"role": "referral_admin", "location_id": null}]),
+        ));
+        dir.apply(&upsert(
+            "u",
+            "u@f.example",
+            serde_json::json!([{"role": "referral_user", "location_id": "L1"}]),
+        ));
+        let p = PartnerId::new("fabrikam");
+        let at = |l: &str| -> Vec<String> {
+            dir.holders(&p, Role::ReferralAdmin, Some(&LocationId::new(l)))
+                .iter()
+                .map(|u| u.user_id.to_string())
+                .collect()
+        };
+        assert_eq!(at("L1"), ["a", "g"]);
+        assert_eq!(at("L2"), ["g"]);
+    }
+
+    #[test]
+    fn upsert_replaces_roles_and_remove_forgets() {
+        let mut dir = Directory::new();
+        dir.apply(&upsert(
+            "a",
+            "a@f.example",
+            serde_json::json!([{"role": "referral_admin", "location_id": "L1"}]),
+        ));
+        dir.apply(&upsert(
+            "a",
+            "a@f.example",
+            serde_json::json!([{"role": "referral_user", "location_id": "L1"}]),
+        ));
+        let p = PartnerId::new("fabrikam");
+        assert!(
+            dir.holders(&p, Role::ReferralAdmin, Some(&LocationId::new("L1")))
+                .is_empty()
+        );
+        assert!(
+            dir.user_by_email(&EmailAddress::parse("A@F.example").unwrap())
+                .is_some()
+        );
+        dir.apply(&event(serde_json::json!({
+            "specversion": "1.0", "id": "r", "source": "/t", "type": "directory.user.removed",
+            "time": "2026-11-01T00:00:00Z", "data": {"partner_id": "fabrikam", "user_id": "a"}
+        })));
+        assert!(dir.users().next().is_none());
+    }
+}

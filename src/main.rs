@@ -1,0 +1,146 @@
+//! The command line: parse, load, hand over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use referral_router::cli::{self, explain, fixtures};
+use referral_router::route::{MemoryState, RuleSet, route};
+
+#[derive(Parser)]
+#[command(
+    name = "referral-router",
+    version,
+    about = "Routes referral events to email and Action Center notifications"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check or test the routing rules.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// Show who an event would reach, and why each rule did or did not act.
+    Explain {
+        /// A CloudEvent (structured JSON).
+        event: PathBuf,
+        /// `directory.*` events, one per line.
+        #[arg(long)]
+        directory: Option<PathBuf>,
+        /// The rules directory.
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The status already recorded for this referral and its receivers.
+        #[arg(long)]
+        receiver_status: Option<String>,
+        /// The status already recorded for this referral.
+        #[arg(long)]
+        referral_status: Option<String>,
+        /// This event's position among the day's counted items (11 = the 11th lead).
+        #[arg(long)]
+        digest_position: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Load and validate the rules; errors carry file:line:column.
+    Check {
+        #[arg(default_value = "rules")]
+        dir: PathBuf,
+    },
+    /// Run the fixtures under DIR/tests and list rules no fixture exercises.
+    Test {
+        #[arg(default_value = "rules")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Rules {
+            command: RulesCommand::Check { dir },
+        } => match cli::rules_check(&dir) {
+            Ok(summary) => {
+                println!("{summary}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Rules {
+            command: RulesCommand::Test { dir },
+        } => {
+            let report = fixtures::run(&dir).map_err(anyhow::Error::msg)?;
+            print!("{}", report.text);
+            Ok(if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Explain {
+            event,
+            directory,
+            rules,
+            json,
+            receiver_status,
+            referral_status,
+            digest_position,
+        } => {
+            let rules = RuleSet::load_dir(&rules).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let event = cli::read_event(&event).map_err(anyhow::Error::msg)?;
+            let dir = match directory {
+                Some(path) => cli::read_directory(&path).map_err(anyhow::Error::msg)?,
+                None => Default::default(),
+            };
+            let mut state = MemoryState::new();
+            if let Some(referral) = event.referral() {
+                let id = referral.id.as_str();
+                if let Some(s) = &referral_status {
+                    state.set_referral_status(id, s);
+                }
+                if let Some(s) = &receiver_status {
+                    for r in event.receivers().iter().filter_map(|r| r.partner_id.as_ref()) {
+                        state.set_receiver_status(id, r.as_str(), s);
+                    }
+                }
+            }
+            if let Some(position) = digest_position {
+                for key in route(&event, &rules, &dir, &state).counters {
+                    state.set_count(key, position);
+                }
+            }
+            let plan = route(&event, &rules, &dir, &state);
+            if json {
+                let out = explain::to_json(&event, &rules, &plan);
+                println!("{}", serde_json::to_string_pretty(&out).context("printing the plan")?);
+            } else {
+                print!("{}", explain::to_text(&event, &rules, &plan));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

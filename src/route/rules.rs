@@ -1,0 +1,710 @@
+//! The rules language: YAML files in `rules/`, loaded, checked and compiled
+//! into a [`RuleSet`]. Every error carries `file:line:column`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+use super::model;
+use super::path::Matcher;
+use super::selector::{RawSelector, Selector};
+use crate::event::EventType;
+
+/// Where something was written: `rules/leads.yaml:12:7`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct SourceLoc {
+    pub file: PathBuf,
+    pub line: u32,
+    pub column: u32,
+}
+
+impl fmt::Display for SourceLoc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// One problem found in the rules, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: u32,
+    pub column: u32,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        }
+    }
+}
+
+/// Everything wrong with a rule set; it is rejected whole.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct RulesError(pub Vec<Diagnostic>);
+
+/// The channels a notification can go out on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Email,
+    ActionCenter,
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Channel::Email => "email",
+            Channel::ActionCenter => "action_center",
+        })
+    }
+}
+
+/// What a fan-out iterates over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FanOut {
+    /// Once per receiver of the event (every entry of `data.receivers`).
+    Receiver,
+}
+
+/// Which calendar day a digest counter uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DayBoundary {
+    /// Midnight in the partner's time zone (UTC when the directory does not know it).
+    PartnerLocal,
+    Utc,
+}
+
+/// A catalogued notification: the seed's name and how it is presented.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notification {
+    /// The name people know it by.
+    pub title: String,
+    /// Optional notifications carry `List-Unsubscribe`.
+    #[serde(default)]
+    pub optional: bool,
+    /// How its Action Center entry is filed, when it has one.
+    #[serde(default)]
+    pub action_center: Option<ActionCenterSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionCenterSpec {
+    pub category: String,
+    #[serde(default = "default_priority")]
+    pub priority: String,
+    /// How long the entry stays, e.g. `14d`.
+    #[serde(default, with = "opt_duration")]
+    pub expires_after: Option<Duration>,
+}
+
+fn default_priority() -> String {
+    "normal".into()
+}
+
+/// Holding back a busy partner's notifications into a digest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DigestPolicy {
+    /// The counter's name; rules sharing it count together.
+    pub counter: String,
+    /// Items 1..=threshold of a day go out one by one; later ones are held.
+    pub threshold: u32,
+    pub day: DayBoundary,
+    /// How often held items are flushed (`1h`); the day's end flushes too.
+    #[serde(with = "humantime_serde_str")]
+    pub flush_every: Duration,
+    /// The path to the partner id the counter is kept for.
+    pub partner: String,
+    /// The notification and template of the digest itself.
+    pub notification: String,
+    pub template: String,
+    /// The channels that are held (the others always go out).
+    #[serde(default = "email_only")]
+    pub channels: Vec<Channel>,
+}
+
+fn email_only() -> Vec<Channel> {
+    vec![Channel::Email]
+}
+
+mod humantime_serde_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let raw = String::deserialize(d)?;
+        let duration =
+            humantime::parse_duration(&raw).map_err(|e| serde::de::Error::custom(format!("`{raw}`: {e}")))?;
+        if duration.is_zero() {
+            return Err(serde::de::Error::custom("a duration must be longer than zero"));
+        }
+        Ok(duration)
+    }
+}
+
+mod opt_duration {
+    use serde::{Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::humantime_serde_str::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::humantime_serde_str::deserialize(d).map(Some)
+    }
+}
+
+/// A status a `record` rule stores: a fixed word or the value at a path.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StatusValue {
+    Literal(String),
+    From { from: String },
+}
+
+/// What a `record` rule remembers about the referral for later events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordSpec {
+    #[serde(default)]
+    pub receiver_status: Option<StatusValue>,
+    #[serde(default)]
+    pub referral_status: Option<StatusValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesFile {
+    #[serde(default)]
+    notifications: BTreeMap<String, Spanned<Notification>>,
+    #[serde(default)]
+    selectors: BTreeMap<String, Spanned<RawSelector>>,
+    #[serde(default)]
+    rules: Vec<RuleSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    id: Spanned<String>,
+    #[serde(default)]
+    description: Option<String>,
+    on: Spanned<Vec<EventType>>,
+    #[serde(default)]
+    for_each: Option<FanOut>,
+    #[serde(default)]
+    when: BTreeMap<String, Spanned<Matcher>>,
+    #[serde(default)]
+    notify: Option<Spanned<String>>,
+    #[serde(default)]
+    template: Option<Spanned<String>>,
+    #[serde(default)]
+    channels: Option<Spanned<Vec<Channel>>>,
+    #[serde(default)]
+    to: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    digest: Option<Spanned<DigestPolicy>>,
+    #[serde(default)]
+    suppress: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    record: Option<Spanned<RecordSpec>>,
+}
+
+/// A condition of a rule: the value at `path` must pass `matcher`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Condition {
+    pub path: String,
+    pub matcher: Matcher,
+}
+
+/// What a rule does when it matches.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Notify(NotifyAction),
+    /// Marks these notifications of the same event (and fan-out item) suppressed.
+    Suppress(Vec<String>),
+    Record(RecordSpec),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NotifyAction {
+    pub notification: String,
+    pub template: String,
+    pub channels: Vec<Channel>,
+    /// Selector names, resolved in order.
+    pub to: Vec<String>,
+    pub digest: Option<DigestPolicy>,
+}
+
+/// One compiled rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    pub id: String,
+    pub description: Option<String>,
+    pub location: SourceLoc,
+    pub on: Vec<EventType>,
+    pub for_each: Option<FanOut>,
+    pub when: Vec<Condition>,
+    pub action: Action,
+}
+
+/// The loaded, checked rule set the router routes with.
+#[derive(Clone, Debug)]
+pub struct RuleSet {
+    pub notifications: BTreeMap<String, Notification>,
+    pub selectors: BTreeMap<String, Selector>,
+    pub rules: Vec<Rule>,
+    /// A hash of the source files, to tell which rule set is serving.
+    pub hash: String,
+}
+
+impl RuleSet {
+    /// Loads every `*.yaml`/`*.yml` file directly in `dir` (not `dir/tests`).
+    pub fn load_dir(dir: &Path) -> Result<Self, RulesError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            RulesError(vec![Diagnostic {
+                file: dir.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read the rules directory: {e}"),
+            }])
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect();
+        files.sort();
+        let mut sources = Vec::new();
+        for file in files {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => sources.push((file, text)),
+                Err(e) => {
+                    return Err(RulesError(vec![Diagnostic {
+                        file,
+                        line: 0,
+                        column: 0,
+                        message: format!("cannot read: {e}"),
+                    }]));
+                }
+            }
+        }
+        Self::from_sources(&sources)
+    }
+
+    /// Loads rules from (file name, YAML text) pairs.
+    pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<Self, RulesError> {
+        let mut diags = Vec::new();
+        let mut parsed = Vec::new();
+        for (file, text) in sources {
+            match serde_saphyr::from_str::<RulesFile>(text) {
+                Ok(doc) => parsed.push((file.clone(), doc)),
+                Err(e) => diags.push(yaml_diagnostic(file, &e)),
+            }
+        }
+        if !diags.is_empty() {
+            return Err(RulesError(diags));
+        }
+        let set = compile(parsed, &mut diags, &hash_sources(sources));
+        if diags.is_empty() {
+            Ok(set)
+        } else {
+            Err(RulesError(diags))
+        }
+    }
+
+    /// The rules that apply to events of `ty`, in file order.
+    pub fn rules_for(&self, ty: EventType) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().filter(move |r| r.on.contains(&ty))
+    }
+
+    /// Every template name the rules use (notify rules and digests).
+    pub fn templates(&self) -> BTreeSet<(&str, &SourceLoc)> {
+        let mut out = BTreeSet::new();
+        for rule in &self.rules {
+            if let Action::Notify(n) = &rule.action {
+                out.insert((n.template.as_str(), &rule.location));
+                if let Some(d) = &n.digest {
+                    out.insert((d.template.as_str(), &rule.location));
+                }
+            }
+        }
+        out
+    }
+
+    /// Rejects rules naming a template that `exists` says is missing.
+    pub fn check_templates(&self, exists: impl Fn(&str) -> bool) -> Result<(), RulesError> {
+        let diags: Vec<Diagnostic> = self
+            .templates()
+            .into_iter()
+            .filter(|(name, _)| !exists(name))
+            .map(|(name, loc)| at(loc, format!("template `{name}` does not exist")))
+            .collect();
+        if diags.is_empty() {
+            Ok(())
+        } else {
+            Err(RulesError(diags))
+        }
+    }
+}
+
+fn hash_sources(sources: &[(PathBuf, String)]) -> String {
+    // FNV-1a over names and contents: stable across runs and platforms.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (file, text) in sources {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for byte in name.bytes().chain([0]).chain(text.bytes()).chain([0]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
+}
+
+fn yaml_diagnostic(file: &Path, e: &serde_saphyr::Error) -> Diagnostic {
+    let text = e.without_snippet().to_string();
+    let (line, column) = e.location().map_or((0, 0), |l| (l.line() as u32, l.column() as u32));
+    // The message ends with its own " at line L, column C"; we print the location first.
+    let message = match text.rfind(" at line ") {
+        Some(i) if line > 0 => text[..i].to_string(),
+        _ => text,
+    };
+    Diagnostic {
+        file: file.to_path_buf(),
+        line,
+        column,
+        message,
+    }
+}
+
+fn loc(file: &Path, l: &serde_saphyr::Location) -> SourceLoc {
+    SourceLoc {
+        file: file.to_path_buf(),
+        line: l.line() as u32,
+        column: l.column() as u32,
+    }
+}
+
+fn at(loc: &SourceLoc, message: String) -> Diagnostic {
+    Diagnostic {
+        file: loc.file.clone(),
+        line: loc.line,
+        column: loc.column,
+        message,
+    }
+}
+
+fn compile(files: Vec<(PathBuf, RulesFile)>, diags: &mut Vec<Diagnostic>, hash: &str) -> RuleSet {
+    let mut notifications = BTreeMap::new();
+    let mut selectors = BTreeMap::new();
+    let mut specs = Vec::new();
+    for (file, doc) in files {
+        for (name, spec) in doc.notifications {
+            if notifications.insert(name.clone(), spec.value).is_some() {
+                diags.push(at(
+                    &loc(&file, &spec.referenced),
+                    format!("notification `{name}` is defined twice"),
+                ));
+            }
+        }
+        for (name, raw) in doc.selectors {
+            let where_ = loc(&file, &raw.referenced);
+            match Selector::try_from(raw.value) {
+                Ok(sel) => {
+                    if selectors.insert(name.clone(), (sel, where_.clone())).is_some() {
+                        diags.push(at(&where_, format!("selector `{name}` is defined twice")));
+                    }
+                }
+                Err(message) => diags.push(at(&where_, message)),
+            }
+        }
+        specs.extend(doc.rules.into_iter().map(|r| (file.clone(), r)));
+    }
+    let mut rules = Vec::new();
+    let mut ids = BTreeSet::new();
+    for (file, spec) in specs {
+        let location = loc(&file, &spec.id.referenced);
+        if !ids.insert(spec.id.value.clone()) {
+            diags.push(at(&location, format!("rule id `{}` is used twice", spec.id.value)));
+        }
+        if let Some(rule) = compile_rule(&file, spec, location, &notifications, &selectors, diags) {
+            rules.push(rule);
+        }
+    }
+    check_suppressions(&rules, diags);
+    RuleSet {
+        notifications,
+        selectors: selectors.into_iter().map(|(k, (s, _))| (k, s)).collect(),
+        rules,
+        hash: hash.to_string(),
+    }
+}
+
+fn compile_rule(
+    file: &Path,
+    spec: RuleSpec,
+    location: SourceLoc,
+    notifications: &BTreeMap<String, Notification>,
+    selectors: &BTreeMap<String, (Selector, SourceLoc)>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Rule> {
+    let id = spec.id.value.clone();
+    let before = diags.len();
+    let on_loc = loc(file, &spec.on.referenced);
+    let on = spec.on.value;
+    if on.is_empty() {
+        diags.push(at(
+            &on_loc,
+            format!("rule `{id}` can never fire: `on` lists no event type"),
+        ));
+    }
+    if spec.for_each == Some(FanOut::Receiver) {
+        for ty in on.iter().filter(|t| !model::has_receiver(**t)) {
+            diags.push(at(
+                &on_loc,
+                format!("rule `{id}`: `for_each: receiver` but {ty} has no receiver"),
+            ));
+        }
+    }
+    let check_path = |path: &str, where_: &SourceLoc, what: &str, diags: &mut Vec<Diagnostic>| {
+        for ty in &on {
+            if !model::path_exists(*ty, path) {
+                diags.push(at(
+                    where_,
+                    format!("rule `{id}` can never fire: {what} `{path}` does not exist in {ty} events"),
+                ));
+            }
+        }
+    };
+    let mut when = Vec::new();
+    for (path, matcher) in spec.when {
+        check_path(&path, &loc(file, &matcher.referenced), "path", diags);
+        when.push(Condition {
+            path,
+            matcher: matcher.value,
+        });
+    }
+    let actions = [spec.notify.is_some(), spec.suppress.is_some(), spec.record.is_some()];
+    let action = match actions {
+        [true, false, false] => {
+            let notify = spec.notify.expect("checked");
+            let notify_loc = loc(file, &notify.referenced);
+            if !notifications.contains_key(&notify.value) {
+                diags.push(at(&notify_loc, format!("unknown notification `{}`", notify.value)));
+            }
+            let template = match spec.template {
+                Some(t) => t.value,
+                None => {
+                    diags.push(at(&notify_loc, format!("rule `{id}` notifies but names no `template`")));
+                    String::new()
+                }
+            };
+            let channels = spec.channels.map(|c| c.value).unwrap_or_default();
+            if channels.is_empty() {
+                diags.push(at(
+                    &notify_loc,
+                    format!("rule `{id}` can never fire: it names no `channels`"),
+                ));
+            }
+            let mut to = Vec::new();
+            match spec.to {
+                Some(list) if !list.value.is_empty() => {
+                    for name in list.value {
+                        let where_ = loc(file, &name.referenced);
+                        match selectors.get(&name.value) {
+                            None => {
+                                let known: Vec<&str> = selectors.keys().map(String::as_str).collect();
+                                diags.push(at(
+                                    &where_,
+                                    format!("unknown selector `{}` (known: {})", name.value, known.join(", ")),
+                                ));
+                            }
+                            Some((sel, _)) => {
+                                for path in sel.paths() {
+                                    check_path(path, &where_, &format!("selector `{}` reads", name.value), diags);
+                                }
+                            }
+                        }
+                        to.push(name.value);
+                    }
+                }
+                _ => diags.push(at(
+                    &notify_loc,
+                    format!("rule `{id}` can never fire: `to` names no recipients"),
+                )),
+            }
+            let digest = spec.digest.map(|d| {
+                let where_ = loc(file, &d.referenced);
+                let policy = d.value;
+                if policy.threshold == 0 {
+                    diags.push(at(&where_, "a digest threshold must be at least 1".into()));
+                }
+                if !notifications.contains_key(&policy.notification) {
+                    diags.push(at(&where_, format!("unknown notification `{}`", policy.notification)));
+                }
+                check_path(&policy.partner, &where_, "digest partner", diags);
+                policy
+            });
+            Action::Notify(NotifyAction {
+                notification: notify.value,
+                template,
+                channels,
+                to,
+                digest,
+            })
+        }
+        [false, true, false] => {
+            let list = spec.suppress.expect("checked");
+            if list.value.is_empty() {
+                diags.push(at(
+                    &loc(file, &list.referenced),
+                    format!("rule `{id}` suppresses nothing: list the notifications"),
+                ));
+            }
+            let mut names = Vec::new();
+            for name in list.value {
+                if !notifications.contains_key(&name.value) {
+                    diags.push(at(
+                        &loc(file, &name.referenced),
+                        format!("unknown notification `{}`", name.value),
+                    ));
+                }
+                names.push(name.value);
+            }
+            forbid_notify_fields(
+                &id,
+                &location,
+                &spec.template,
+                &spec.channels,
+                &spec.to,
+                &spec.digest,
+                diags,
+            );
+            Action::Suppress(names)
+        }
+        [false, false, true] => {
+            let record = spec.record.expect("checked");
+            let where_ = loc(file, &record.referenced);
+            let spec_r = record.value;
+            if spec_r.receiver_status.is_none() && spec_r.referral_status.is_none() {
+                diags.push(at(&where_, format!("rule `{id}` records nothing")));
+            }
+            for value in [&spec_r.receiver_status, &spec_r.referral_status].into_iter().flatten() {
+                if let StatusValue::From { from } = value {
+                    check_path(from, &where_, "record path", diags);
+                }
+            }
+            if spec_r.receiver_status.is_some() {
+                for ty in on.iter().filter(|t| !model::has_receiver(**t)) {
+                    diags.push(at(
+                        &where_,
+                        format!("rule `{id}` records a receiver status but {ty} has no receiver"),
+                    ));
+                }
+            }
+            forbid_notify_fields(
+                &id,
+                &location,
+                &spec.template,
+                &spec.channels,
+                &spec.to,
+                &spec.digest,
+                diags,
+            );
+            Action::Record(spec_r)
+        }
+        _ => {
+            diags.push(at(
+                &location,
+                format!("rule `{id}` must have exactly one of `notify`, `suppress` or `record`"),
+            ));
+            return None;
+        }
+    };
+    (diags.len() == before).then_some(Rule {
+        id,
+        description: spec.description,
+        location,
+        on,
+        for_each: spec.for_each,
+        when,
+        action,
+    })
+}
+
+fn forbid_notify_fields(
+    id: &str,
+    location: &SourceLoc,
+    template: &Option<Spanned<String>>,
+    channels: &Option<Spanned<Vec<Channel>>>,
+    to: &Option<Spanned<Vec<Spanned<String>>>>,
+    digest: &Option<Spanned<DigestPolicy>>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let present = [
+        ("template", template.is_some()),
+        ("channels", channels.is_some()),
+        ("to", to.is_some()),
+        ("digest", digest.is_some()),
+    ];
+    for (field, _) in present.iter().filter(|(_, p)| *p) {
+        diags.push(at(
+            location,
+            format!("rule `{id}`: `{field}` only belongs to a `notify` rule"),
+        ));
+    }
+}
+
+/// A suppression that names a notification no rule sends for its events can
+/// never fire: it is almost always a typo or a stale rule.
+fn check_suppressions(rules: &[Rule], diags: &mut Vec<Diagnostic>) {
+    for rule in rules {
+        let Action::Suppress(names) = &rule.action else {
+            continue;
+        };
+        for name in names {
+            let reachable = rules.iter().any(|other| match &other.action {
+                Action::Notify(n) => &n.notification == name && other.on.iter().any(|t| rule.on.contains(t)),
+                _ => false,
+            });
+            if !reachable {
+                diags.push(at(
+                    &rule.location,
+                    format!(
+                        "rule `{}` can never fire: no rule sends `{name}` for its events",
+                        rule.id
+                    ),
+                ));
+            }
+        }
+    }
+}
