@@ -50,6 +50,11 @@ impl MemoryState {
         *n
     }
 
+    /// The count reached under `key`.
+    pub fn digest_position_of(&self, key: &DigestKey) -> u32 {
+        self.counters.get(key).copied().unwrap_or(0)
+    }
+
     pub fn apply(&mut self, changes: &[StateChange]) {
         for c in changes {
             match &c.receiver {
@@ -70,6 +75,6 @@ impl StateView for MemoryState {
     }
 
     fn digest_position(&self, key: &DigestKey) -> u32 {
-        self.counters.get(key).copied().unwrap_or(0)
+        self.digest_position_of(key)
     }
 }
