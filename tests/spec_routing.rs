@@ -372,3 +372,44 @@ fn expiring_after_an_answer_is_suppressed_and_names_the_rule() {
             .all(|d| d.rules.contains(&"no-reminder-after-answer".to_string()))
     );
 }
+
+#[test]
+fn shared_fans_out_once_per_partner_receiver() {
+    let event = patched("cosell.opportunity.shared", |j| {
+        j["data"]["receivers"] = serde_json::json!([
+            {"kind": "partner", "partner_id": "northwind", "name": "Northwind Berlin", "location_id": "5200002"},
+            {"kind": "microsoft", "name": "Microsoft"},
+            {"kind": "partner", "partner_id": "northwind", "name": "Northwind Munich", "location_id": "5200003"},
+        ]);
+    });
+    let plan = plan_of(&event, &directory(), &MemoryState::new());
+    let incoming = |who: &str| -> Vec<String> {
+        plan.deliveries
+            .iter()
+            .filter(|d| d.notification == "cosell-incoming-opportunity" && d.recipient.email.key() == who)
+            .map(|d| {
+                format!(
+                    "{} {}",
+                    d.channel,
+                    d.receiver.as_ref().unwrap()["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        incoming("cara@northwind.example"),
+        ["email Northwind Berlin", "action_center Northwind Berlin"]
+    );
+    assert_eq!(
+        incoming("hans@northwind.example"),
+        ["email Northwind Munich", "action_center Northwind Munich"]
+    );
+    // The global admin is reached through both receivers, and told once.
+    assert_eq!(incoming("ida@northwind.example").len(), 2);
+    let traced: Vec<_> = plan
+        .trace
+        .iter()
+        .filter(|t| t.rule == "cosell-incoming-opportunity")
+        .collect();
+    assert_eq!(traced.len(), 3, "the rule ran once per receiver");
+}
