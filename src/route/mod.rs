@@ -89,7 +89,18 @@ pub struct Plan {
 /// Routes one event: who gets which notification on which channel, and why.
 pub fn route(event: &Event, rules: &RuleSet, dir: &dyn DirectoryView, state: &dyn StateView) -> Plan {
     let mut plan = Plan::default();
-    let base = context(event, state, None);
+    let base = context(event, state);
+    let fanned: Vec<Value> = if rules.rules_for(event.event_type).any(|r| r.for_each.is_some()) {
+        (0..event.receivers().len())
+            .map(|i| {
+                let mut ctx = base.clone();
+                bind_receiver(&mut ctx, event, state, Some(i));
+                ctx
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut raw: Vec<(Delivery, Option<usize>)> = Vec::new();
     let mut suppressions: Vec<(&Rule, &[String], Option<usize>)> = Vec::new();
 
@@ -97,9 +108,13 @@ pub fn route(event: &Event, rules: &RuleSet, dir: &dyn DirectoryView, state: &dy
         if !rule.on.contains(&event.event_type) {
             continue;
         }
-        for (scope, ctx) in scopes(rule, event, state, &base) {
+        let scopes: Vec<(Option<usize>, &Value)> = match rule.for_each {
+            None => vec![(None, &base)],
+            Some(FanOut::Receiver) => fanned.iter().enumerate().map(|(i, c)| (Some(i), c)).collect(),
+        };
+        for (scope, ctx) in scopes {
             let scope_name = scope.and_then(|i| event.receivers().get(i)).map(|r| r.name.clone());
-            if let Some(reason) = unmatched(rule, &ctx) {
+            if let Some(reason) = unmatched(rule, ctx) {
                 plan.trace.push(Trace {
                     rule: rule.id.clone(),
                     scope: scope_name,
@@ -113,11 +128,11 @@ pub fn route(event: &Event, rules: &RuleSet, dir: &dyn DirectoryView, state: &dy
                     let mut recipients: Vec<Recipient> = Vec::new();
                     for name in &n.to {
                         if let Some(sel) = rules.selectors.get(name) {
-                            recipients.extend(sel.resolve(&ctx, dir));
+                            recipients.extend(sel.resolve(ctx, dir));
                         }
                     }
                     let digest = n.digest.as_ref().and_then(|d| {
-                        let key = digest_key(d, event, &ctx, dir)?;
+                        let key = digest_key(d, event, ctx, dir)?;
                         if !plan.counters.contains(&key) {
                             plan.counters.push(key.clone());
                         }
@@ -159,7 +174,7 @@ pub fn route(event: &Event, rules: &RuleSet, dir: &dyn DirectoryView, state: &dy
                     suppressions.push((rule, names, scope));
                     format!("matched: suppresses {}", names.join(", "))
                 }
-                Action::Record(spec) => record(rule, spec, &ctx, &mut plan.records),
+                Action::Record(spec) => record(rule, spec, ctx, &mut plan.records),
             };
             plan.trace.push(Trace {
                 rule: rule.id.clone(),
@@ -216,37 +231,32 @@ fn dedupe(deliveries: impl Iterator<Item = Delivery>) -> Vec<Delivery> {
 }
 
 /// The document rules read: the envelope, `data`, `state`, and `receiver`.
-fn context(event: &Event, state: &dyn StateView, receiver: Option<usize>) -> Value {
+fn context(event: &Event, state: &dyn StateView) -> Value {
+    let mut ctx = serde_json::to_value(event).unwrap_or(Value::Null);
+    bind_receiver(&mut ctx, event, state, None);
+    ctx
+}
+
+/// Binds `receiver` (the fan-out item, or an event's only receiver) and the
+/// state recorded for it.
+fn bind_receiver(ctx: &mut Value, event: &Event, state: &dyn StateView, index: Option<usize>) {
     let receivers = event.receivers();
-    let receiver = match receiver {
+    let receiver = match index {
         Some(i) => receivers.get(i),
         None if receivers.len() == 1 => receivers.first(),
         None => None,
     };
-    let receiver_json = receiver.map(|r| serde_json::to_value(r).unwrap_or(Value::Null));
     let referral = event.referral().map(|r| r.id.as_str());
     let receiver_status = match (referral, receiver.and_then(|r| r.partner_id.as_ref())) {
         (Some(referral), Some(partner)) => state.receiver_status(referral, partner.as_str()),
         _ => None,
     };
     let referral_status = referral.and_then(|r| state.referral_status(r));
-    let mut ctx = serde_json::to_value(event).unwrap_or(Value::Null);
-    ctx["receiver"] = receiver_json.unwrap_or(Value::Null);
+    ctx["receiver"] = receiver.map_or(Value::Null, |r| serde_json::to_value(r).unwrap_or(Value::Null));
     ctx["state"] = json!({
         "receiver": {"status": receiver_status},
         "referral": {"status": referral_status},
     });
-    ctx
-}
-
-/// The contexts a rule runs in: once, or once per receiver.
-fn scopes(rule: &Rule, event: &Event, state: &dyn StateView, base: &Value) -> Vec<(Option<usize>, Value)> {
-    match rule.for_each {
-        None => vec![(None, base.clone())],
-        Some(FanOut::Receiver) => (0..event.receivers().len())
-            .map(|i| (Some(i), context(event, state, Some(i))))
-            .collect(),
-    }
 }
 
 /// The first condition that fails, described; `None` when all pass.

@@ -1,6 +1,9 @@
 //! Which paths exist in the event model, so rules (and templates) that name a
 //! field the events do not have are rejected when checked, not at send time.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 use schemars::Schema;
 use serde_json::Value;
 
@@ -11,15 +14,22 @@ const ENVELOPE: &[&str] = &["id", "type", "time", "source", "subject"];
 /// State the router keeps, readable by rules.
 const STATE: &[&str] = &["state.receiver.status", "state.referral.status"];
 
-/// Event types that carry a receiver, alone or as a list to fan out over.
-pub fn has_receiver(ty: EventType) -> bool {
-    ty.data_schema_has("receiver") || ty.data_schema_has("receivers")
+/// The schema of each event type's `data`, generated once.
+pub fn data_schema(ty: EventType) -> &'static Schema {
+    static SCHEMAS: OnceLock<HashMap<EventType, Schema>> = OnceLock::new();
+    let schemas = SCHEMAS.get_or_init(|| EventType::ALL.iter().map(|t| (*t, t.data_schema())).collect());
+    &schemas[&ty]
 }
 
-impl EventType {
-    fn data_schema_has(self, field: &str) -> bool {
-        schema_has_path(&self.data_schema(), &[field])
-    }
+fn party_schema() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| schemars::schema_for!(Party))
+}
+
+/// Event types that carry a receiver, alone or as a list to fan out over.
+pub fn has_receiver(ty: EventType) -> bool {
+    let schema = data_schema(ty);
+    schema_has_path(schema, &["receiver"]) || schema_has_path(schema, &["receivers"])
 }
 
 /// Whether `path` can be present in events of type `ty`.
@@ -27,8 +37,8 @@ pub fn path_exists(ty: EventType, path: &str) -> bool {
     let segments: Vec<&str> = path.split('.').collect();
     match segments.as_slice() {
         [one] if ENVELOPE.contains(one) => true,
-        ["data", rest @ ..] => schema_has_path(&ty.data_schema(), rest),
-        ["receiver", rest @ ..] => has_receiver(ty) && schema_has_path(&schemars::schema_for!(Party), rest),
+        ["data", rest @ ..] => schema_has_path(data_schema(ty), rest),
+        ["receiver", rest @ ..] => has_receiver(ty) && schema_has_path(party_schema(), rest),
         ["state", ..] => STATE.contains(&path) && (path != "state.receiver.status" || has_receiver(ty)),
         _ => false,
     }
