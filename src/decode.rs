@@ -118,6 +118,7 @@ fn describe(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::EmailAddress;
 
     const SHARED: &str = include_str!("../rules/tests/events/cosell.opportunity.shared.json");
 
@@ -215,5 +216,65 @@ mod tests {
             seen.insert(event.event_type);
         }
         assert_eq!(seen.len(), EventType::ALL.len(), "an example for every event type");
+    }
+
+    #[test]
+    fn deeply_nested_json_is_refused_not_a_crash() {
+        let depth = 100_000;
+        let bomb = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert_eq!(decode_structured(bomb.as_bytes()).unwrap_err().kind(), "not_json");
+        let nested_data = with(shared(), |v| {
+            let mut deep = serde_json::json!(1);
+            for _ in 0..100 {
+                deep = serde_json::json!({ "x": deep });
+            }
+            v["data"]["referral"]["brand_new"] = deep;
+        });
+        assert!(
+            decode_structured(&nested_data).is_ok(),
+            "deep unknown fields are still ignored"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused() {
+        let mut bytes = SHARED.as_bytes().to_vec();
+        let at = SHARED.find("Contoso Ltd").unwrap();
+        bytes[at] = 0xff;
+        bytes[at + 1] = 0xfe;
+        let err = decode_structured(&bytes).unwrap_err();
+        assert_eq!(err.kind(), "not_json");
+        assert!(err.to_string().contains("invalid unicode"), "{err}");
+    }
+
+    #[test]
+    fn markup_in_strings_is_kept_as_text() {
+        let bytes = with(shared(), |v| {
+            v["data"]["referral"]["notes"] = "<script>alert(1)</script>".into()
+        });
+        let event = decode_structured(&bytes).unwrap();
+        assert_eq!(
+            event.referral().unwrap().notes.as_deref(),
+            Some("<script>alert(1)</script>"),
+            "decoding keeps text as it came; rendering escapes it"
+        );
+    }
+
+    #[test]
+    fn header_breaking_addresses_are_refused_everywhere() {
+        for bad in [
+            "a@b.example\r\nBcc: x@y.example",
+            "a b@c.example",
+            "<a@b.example>",
+            "a@",
+            "@b.example",
+            "plain",
+        ] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            EmailAddress::parse(" Amy@Fabrikam.example ").unwrap().as_str(),
+            "Amy@Fabrikam.example"
+        );
     }
 }
