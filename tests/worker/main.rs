@@ -4,5 +4,6 @@
 mod action_center;
 mod failures;
 mod mail;
+mod operations;
 mod recovery;
 mod support;

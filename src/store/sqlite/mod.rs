@@ -11,6 +11,8 @@ use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, Transaction};
 
+mod entries;
+
 use super::{ActionCenterEntry, Admission, OutboxItem, Planner, Store, StoreError, StoredDelivery};
 use crate::decode::decode_structured;
 use crate::directory::Directory;
@@ -322,86 +324,18 @@ impl Store for SqliteStore {
     }
 
     async fn put_entry(&self, e: &ActionCenterEntry) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO action_center (id, user_key, partner_id, event_id, notification, category, priority, title,
-               body, link, created_at, expires_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&e.id)
-        .bind(&e.user)
-        .bind(&e.partner_id)
-        .bind(&e.event_id)
-        .bind(&e.notification)
-        .bind(&e.category)
-        .bind(&e.priority)
-        .bind(&e.title)
-        .bind(&e.body)
-        .bind(&e.link)
-        .bind(ts(e.created_at))
-        .bind(e.expires_at.map(ts))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        entries::put(&self.writer, e).await
     }
 
     async fn entries(&self, user: &str, unread_only: bool, limit: u32) -> Result<Vec<ActionCenterEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM action_center WHERE user_key = ? AND (? = 0 OR read_at IS NULL)
-               AND (expires_at IS NULL OR expires_at > ?)
-             ORDER BY created_at DESC, id LIMIT ?",
-        )
-        .bind(user)
-        .bind(i64::from(unread_only))
-        .bind(now())
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
-        rows.into_iter()
-            .map(|row| {
-                let created: String = row.try_get("created_at")?;
-                let expires: Option<String> = row.try_get("expires_at")?;
-                let read_at: Option<String> = row.try_get("read_at")?;
-                Ok(ActionCenterEntry {
-                    id: row.try_get("id")?,
-                    user: row.try_get("user_key")?,
-                    partner_id: row.try_get("partner_id")?,
-                    event_id: row.try_get("event_id")?,
-                    notification: row.try_get("notification")?,
-                    category: row.try_get("category")?,
-                    priority: row.try_get("priority")?,
-                    title: row.try_get("title")?,
-                    body: row.try_get("body")?,
-                    link: row.try_get("link")?,
-                    created_at: parse_ts(&created).unwrap_or_default(),
-                    expires_at: expires.as_deref().and_then(parse_ts),
-                    read: read_at.is_some(),
-                })
-            })
-            .collect()
+        entries::list(&self.reader, user, unread_only, limit).await
     }
 
     async fn unread_count(&self, user: &str) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM action_center WHERE user_key = ? AND read_at IS NULL
-               AND (expires_at IS NULL OR expires_at > ?)",
-        )
-        .bind(user)
-        .bind(now())
-        .fetch_one(&self.reader)
-        .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        entries::unread(&self.reader, user).await
     }
 
     async fn mark_read(&self, user: &str, id: Option<&str>) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "UPDATE action_center SET read_at = ? WHERE user_key = ? AND read_at IS NULL AND (? IS NULL OR id = ?)",
-        )
-        .bind(now())
-        .bind(user)
-        .bind(id)
-        .bind(id)
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected())
+        entries::mark_read(&self.writer, user, id).await
     }
 }
