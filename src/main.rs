@@ -31,6 +31,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Publish example events (`.json`, `.jsonl`) to the broker, to try the worker locally.
+    Publish {
+        /// Event files, published in order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Check or test the routing rules.
     Rules {
         #[command(subcommand)]
@@ -98,6 +106,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     app::run(app).await
                 })
                 .map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Publish { files, config } => {
+            let settings = Settings::load(config.as_deref())?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let n = runtime
+                .block_on(cli::publish::run(&settings.amqp, &files))
+                .map_err(anyhow::Error::msg)?;
+            println!("published {n} event(s) to {}", settings.amqp.exchange);
             Ok(ExitCode::SUCCESS)
         }
         Command::Rules {
