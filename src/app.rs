@@ -33,6 +33,9 @@ pub struct App {
     pub publisher: Publisher,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
+    /// Directory events hold it exclusively, everything else shared, taken in
+    /// queue order: a directory change is applied before later events route.
+    pub order: Arc<tokio::sync::RwLock<()>>,
     factory: RendererFactory,
     active: RwLock<Arc<Active>>,
     directory: RwLock<Directory>,
@@ -78,6 +81,7 @@ impl App {
             publisher: Publisher::default(),
             metrics,
             shutdown: CancellationToken::new(),
+            order: Arc::default(),
             factory,
             active: RwLock::new(Arc::new(active)),
             directory: RwLock::new(directory),

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -92,12 +92,31 @@ async fn session(app: &Arc<App>, tracker: &TaskTracker, permits: &Arc<Semaphore>
                         // Unacked, so the broker redelivers it once we are gone.
                         () = app.shutdown.cancelled() => continue,
                     };
-                    tracker.spawn(handle(app.clone(), delivery, permit));
+                    let order = tokio::select! {
+                        o = in_order(app, &delivery) => o,
+                        () = app.shutdown.cancelled() => continue,
+                    };
+                    tracker.spawn(handle(app.clone(), delivery, (permit, order)));
                 }
                 Some(Err(e)) => return Ok(SessionEnd::Lost(e.to_string())),
                 None => return Ok(SessionEnd::Lost("the broker cancelled the consumer".into())),
             }
         }
+    }
+}
+
+/// A turn in the ordering gate (see [`App::order`]), held until the message is settled.
+enum Turn {
+    Shared(#[allow(dead_code)] OwnedRwLockReadGuard<()>),
+    Exclusive(#[allow(dead_code)] OwnedRwLockWriteGuard<()>),
+}
+
+async fn in_order(app: &App, delivery: &Delivery) -> Turn {
+    // The routing key is the event type by contract; a lying key only costs ordering, not correctness.
+    if delivery.routing_key.as_str().starts_with("directory.") {
+        Turn::Exclusive(app.order.clone().write_owned().await)
+    } else {
+        Turn::Shared(app.order.clone().read_owned().await)
     }
 }
 
@@ -109,7 +128,7 @@ fn backoff(app: &App, attempt: u32) -> Duration {
         .min(retry.max_backoff)
 }
 
-async fn handle(app: Arc<App>, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+async fn handle(app: Arc<App>, delivery: Delivery, _held: (OwnedSemaphorePermit, Turn)) {
     let started = Instant::now();
     app.metrics.consumed.inc();
     if delivery.redelivered {

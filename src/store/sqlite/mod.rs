@@ -339,3 +339,61 @@ impl Store for SqliteStore {
         entries::mark_read(&self.writer, user, id).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{read_directory, read_event};
+    use crate::route::{RuleSet, route};
+    use std::path::Path;
+
+    #[tokio::test]
+    async fn admits_once_counts_atomically_and_holds_past_the_threshold() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let rules = RuleSet::load_dir(&root.join("rules")).unwrap();
+        let dir = read_directory(&root.join("rules/tests/directory.jsonl")).unwrap();
+        let lead = read_event(&root.join("rules/tests/events/lead.created.contact_me.json")).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&format!("sqlite://{}/s.db", tmp.path().display()))
+            .await
+            .unwrap();
+        let mut held = 0;
+        for n in 1..=11u32 {
+            let mut event = lead.clone();
+            event.id = crate::event::EventId::new(format!("lead-{n}"));
+            let counters = route(&event, &rules, &dir, &MemoryState::new()).counters;
+            let planner = |positions: &[(DigestKey, u32)]| {
+                assert_eq!(positions[0].1, n, "the post-increment position");
+                let mut state = MemoryState::new();
+                state.set_count(positions[0].0.clone(), positions[0].1);
+                route(&event, &rules, &dir, &state)
+            };
+            let Admission::Pending { fresh: true, items } = store.admit(&event, &counters, &planner).await.unwrap()
+            else {
+                panic!("a new event is admitted fresh");
+            };
+            held += 6 - items.len();
+            // The same id again: nothing re-planned, the same pending items, no extra count.
+            let again = store
+                .admit(&event, &counters, &|_| panic!("not re-planned"))
+                .await
+                .unwrap();
+            assert!(matches!(again, Admission::Pending { fresh: false, items: ref i } if i.len() == items.len()));
+            for item in items {
+                store.mark_sent(item.log_id, None).await.unwrap();
+            }
+            store.complete(event.id.as_str()).await.unwrap();
+            let done = store
+                .admit(&event, &counters, &|_| panic!("not re-planned"))
+                .await
+                .unwrap();
+            assert!(matches!(done, Admission::Done));
+        }
+        assert_eq!(held, 3, "the 11th lead's three emails are held, its entries are not");
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM held")
+            .fetch_one(&store.reader)
+            .await
+            .unwrap();
+        assert_eq!(rows, 3);
+    }
+}

@@ -93,7 +93,6 @@ impl Worker {
             ("ROUTER__AMQP__QUEUE", broker.queue.as_str()),
             ("ROUTER__AMQP__DEAD_LETTER_EXCHANGE", broker.dlx.as_str()),
             ("ROUTER__AMQP__ACTION_CENTER_EXCHANGE", broker.action_center.as_str()),
-            ("ROUTER__AMQP__CONCURRENCY", "1"),
             ("ROUTER__SMTP__HOST", "127.0.0.1"),
             ("ROUTER__SMTP__TLS", "none"),
             ("ROUTER__RETRY__INITIAL_BACKOFF", "200ms"),
