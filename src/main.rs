@@ -6,8 +6,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use referral_router::app::{self, App};
 use referral_router::cli::{self, explain, fixtures};
+use referral_router::config::Settings;
 use referral_router::route::{MemoryState, RuleSet, route};
+use referral_router::{dispatch, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +25,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the worker: consume events, route, render, send.
+    Run {
+        /// A TOML file overriding the embedded defaults (`ROUTER__*` variables override both).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Publish example events (`.json`, `.jsonl`) to the broker, to try the worker locally.
+    Publish {
+        /// Event files, published in order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Check or test the routing rules.
     Rules {
         #[command(subcommand)]
@@ -78,6 +95,28 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run { config } => {
+            let settings = Settings::load(config.as_deref())?;
+            telemetry::init_logs(&settings.log);
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime
+                .block_on(async {
+                    let factory = dispatch::plain_factory(settings.mail.portal_url.clone());
+                    let app = App::build(settings, factory).await?;
+                    app::run(app).await
+                })
+                .map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Publish { files, config } => {
+            let settings = Settings::load(config.as_deref())?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let n = runtime
+                .block_on(cli::publish::run(&settings.amqp, &files))
+                .map_err(anyhow::Error::msg)?;
+            println!("published {n} event(s) to {}", settings.amqp.exchange);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Rules {
             command: RulesCommand::Check { dir },
         } => match cli::rules_check(&dir) {

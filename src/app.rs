@@ -1,0 +1,173 @@
+//! Build everything once, then run the consumer and the HTTP server until the
+//! one shutdown token fires (SIGTERM/SIGINT). SIGHUP reloads rules.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::broker::Publisher;
+use crate::config::Settings;
+use crate::directory::Directory;
+use crate::dispatch::email::Mailer;
+use crate::dispatch::{Renderer, RendererFactory};
+use crate::event::Event;
+use crate::route::RuleSet;
+use crate::store::{self, Store};
+use crate::telemetry::Metrics;
+use crate::{consume, http};
+
+/// The rule set and the renderer built for it; swapped together on reload.
+pub struct Active {
+    pub rules: Arc<RuleSet>,
+    pub renderer: Arc<dyn Renderer>,
+}
+
+/// Everything the flow shares.
+pub struct App {
+    pub settings: Settings,
+    pub store: Arc<dyn Store>,
+    pub mailer: Mailer,
+    pub publisher: Publisher,
+    pub metrics: Metrics,
+    pub shutdown: CancellationToken,
+    /// Directory events hold it exclusively, everything else shared, taken in
+    /// queue order: a directory change is applied before later events route.
+    pub order: Arc<tokio::sync::RwLock<()>>,
+    factory: RendererFactory,
+    active: RwLock<Arc<Active>>,
+    directory: RwLock<Directory>,
+    in_flight: Mutex<HashSet<String>>,
+}
+
+/// Held while an event is processed; a redelivered copy waits for it.
+pub struct Claim<'a> {
+    app: &'a App,
+    id: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.app
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+fn load(settings: &Settings, factory: &RendererFactory) -> Result<Active, String> {
+    let rules = Arc::new(RuleSet::load_dir(&settings.rules.dir).map_err(|e| format!("rules: {e}"))?);
+    let renderer = factory(&rules).map_err(|e| format!("templates: {e}"))?;
+    Ok(Active { rules, renderer })
+}
+
+impl App {
+    /// Opens the store, loads and checks rules, builds the mailer. Nothing connects to the broker yet.
+    pub async fn build(settings: Settings, factory: RendererFactory) -> Result<Arc<Self>, String> {
+        let active = load(&settings, &factory)?;
+        let store = store::open(&settings.store.url).await.map_err(|e| e.to_string())?;
+        let directory = store.load_directory().await.map_err(|e| e.to_string())?;
+        let mailer = Mailer::from_settings(&settings.smtp)?;
+        let metrics = Metrics::new();
+        metrics.set_rules(&active.rules.hash);
+        info!(rules = active.rules.rules.len(), hash = %active.rules.hash, "rules loaded");
+        Ok(Arc::new(Self {
+            settings,
+            store,
+            mailer,
+            publisher: Publisher::default(),
+            metrics,
+            shutdown: CancellationToken::new(),
+            order: Arc::default(),
+            factory,
+            active: RwLock::new(Arc::new(active)),
+            directory: RwLock::new(directory),
+            in_flight: Mutex::new(HashSet::new()),
+        }))
+    }
+
+    pub fn active(&self) -> Arc<Active> {
+        self.active.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn directory(&self) -> RwLockReadGuard<'_, Directory> {
+        self.directory.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn apply_directory(&self, event: &Event) {
+        self.directory.write().unwrap_or_else(|e| e.into_inner()).apply(event);
+    }
+
+    /// Waits until no other task is processing `id`, then claims it.
+    pub async fn claim(&self, id: &str) -> Claim<'_> {
+        loop {
+            if self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.to_string())
+            {
+                return Claim {
+                    app: self,
+                    id: id.to_string(),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Reloads rules (and the renderer); a set that fails its check is
+    /// rejected and the serving set stays.
+    pub fn reload(&self) -> Result<String, String> {
+        let active = load(&self.settings, &self.factory)?;
+        let hash = active.rules.hash.clone();
+        *self.active.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(active);
+        self.metrics.set_rules(&hash);
+        Ok(hash)
+    }
+}
+
+/// Runs the worker until SIGTERM/SIGINT; returns once in-flight work is drained.
+pub async fn run(app: Arc<App>) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(app.settings.http_addr())
+        .await
+        .map_err(|e| format!("http.addr {}: {e}", app.settings.http.addr))?;
+    info!(addr = %app.settings.http.addr, "HTTP listening");
+    let server = tokio::spawn(http::serve(app.clone(), listener));
+    tokio::spawn(signals(app.clone()));
+    consume::run(app.clone()).await;
+    app.shutdown.cancel();
+    if let Ok(Err(e)) = server.await {
+        error!(error = %e, "HTTP server failed");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn signals(app: Arc<App>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match app.reload() {
+                Ok(hash) => info!(%hash, "rules reloaded"),
+                Err(e) => warn!(error = %e, "reload rejected; the previous rules keep serving"),
+            },
+            () = app.shutdown.cancelled() => return,
+        }
+    }
+    info!("shutdown requested");
+    app.shutdown.cancel();
+}

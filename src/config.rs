@@ -1,0 +1,336 @@
+//! Boot: the worker's settings, layered (embedded defaults -> `--config` file ->
+//! `ROUTER__SECTION__KEY` environment) and validated before anything connects.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lettre::message::Mailbox;
+use serde::Deserialize;
+
+/// The defaults compiled into the binary; the README lists every key.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Why the settings cannot be used; the text names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+/// A value that must never reach a log line.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(raw: impl Into<String>) -> Self {
+        Self(raw.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Amqp {
+    /// Holds the broker password, hence a secret; [`Amqp::redacted_url`] is loggable.
+    pub url: Secret,
+    pub exchange: String,
+    pub queue: String,
+    pub dead_letter_exchange: String,
+    /// Empty means `<queue>.dead`.
+    pub dead_letter_queue: String,
+    pub action_center_exchange: String,
+    pub prefetch: u16,
+    pub concurrency: usize,
+    pub delivery_limit: u32,
+    #[serde(with = "duration")]
+    pub reconnect_min: Duration,
+    #[serde(with = "duration")]
+    pub reconnect_max: Duration,
+}
+
+impl Amqp {
+    pub fn dead_letter_queue(&self) -> String {
+        if self.dead_letter_queue.is_empty() {
+            format!("{}.dead", self.queue)
+        } else {
+            self.dead_letter_queue.clone()
+        }
+    }
+
+    /// The broker URL with any password replaced, for logs.
+    pub fn redacted_url(&self) -> String {
+        redact_url(self.url.expose())
+    }
+}
+
+/// How the SMTP connection is secured.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain text, upgraded with STARTTLS, which is required.
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// Plain text; only for a relay on the same host or a test server.
+    None,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Smtp {
+    /// Empty: no SMTP, messages are written as `.eml` files into `outbox_dir`.
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: String,
+    pub password: Secret,
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    pub pool_max_size: u32,
+    #[serde(with = "duration")]
+    pub pool_idle_timeout: Duration,
+    pub outbox_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Mail {
+    pub from: String,
+    pub reply_to: String,
+    pub unsubscribe_url: String,
+    pub portal_url: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Store {
+    pub url: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Http {
+    pub addr: String,
+    /// HS256 key of the Action Center API's bearer tokens; empty disables the API (401).
+    pub jwt_secret: Secret,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Rules {
+    pub dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Retry {
+    pub max_attempts: u32,
+    #[serde(with = "duration")]
+    pub initial_backoff: Duration,
+    #[serde(with = "duration")]
+    pub max_backoff: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Log {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// Every setting of `referral-router run`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Settings {
+    pub amqp: Amqp,
+    pub smtp: Smtp,
+    pub mail: Mail,
+    pub store: Store,
+    pub http: Http,
+    pub rules: Rules,
+    pub retry: Retry,
+    pub log: Log,
+}
+
+impl Settings {
+    /// Loads defaults, then the file (if any), then `ROUTER__*` variables, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("ROUTER")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Every problem at once, each naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        let url = self.amqp.url.expose();
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            errors.push(format!(
+                "amqp.url `{}` must start with amqp:// or amqps://",
+                redact_url(url)
+            ));
+        }
+        for (key, value) in [
+            ("amqp.exchange", &self.amqp.exchange),
+            ("amqp.queue", &self.amqp.queue),
+            ("amqp.dead_letter_exchange", &self.amqp.dead_letter_exchange),
+            ("amqp.action_center_exchange", &self.amqp.action_center_exchange),
+        ] {
+            if value.trim().is_empty() {
+                errors.push(format!("{key} must not be empty"));
+            }
+        }
+        if self.amqp.prefetch == 0 {
+            errors.push("amqp.prefetch must be at least 1".into());
+        }
+        if self.amqp.concurrency == 0 || self.amqp.concurrency > usize::from(self.amqp.prefetch) {
+            errors.push(format!(
+                "amqp.concurrency must be between 1 and amqp.prefetch ({}), not {}",
+                self.amqp.prefetch, self.amqp.concurrency
+            ));
+        }
+        if self.amqp.delivery_limit == 0 {
+            errors.push("amqp.delivery_limit must be at least 1".into());
+        }
+        if !self.smtp.host.is_empty() {
+            if self.smtp.port == 0 {
+                errors.push("smtp.port must not be 0".into());
+            }
+            if self.smtp.pool_max_size == 0 {
+                errors.push("smtp.pool_max_size must be at least 1".into());
+            }
+            if self.smtp.username.is_empty() != self.smtp.password.is_empty() {
+                errors.push("smtp.username and smtp.password are set together or not at all".into());
+            }
+        } else if self.smtp.outbox_dir.as_os_str().is_empty() {
+            errors.push("smtp.outbox_dir must be set when smtp.host is empty".into());
+        }
+        for (key, value) in [("mail.from", &self.mail.from), ("mail.reply_to", &self.mail.reply_to)] {
+            if let Err(e) = value.parse::<Mailbox>() {
+                errors.push(format!("{key} `{value}` is not a mailbox: {e}"));
+            }
+        }
+        for (key, value) in [
+            ("mail.unsubscribe_url", &self.mail.unsubscribe_url),
+            ("mail.portal_url", &self.mail.portal_url),
+        ] {
+            if !value.starts_with("https://") && !value.starts_with("http://") {
+                errors.push(format!("{key} `{value}` must be an absolute http(s) URL"));
+            }
+        }
+        if !self.store.url.starts_with("sqlite:") {
+            errors.push(format!(
+                "store.url `{}` is not supported: use sqlite://PATH (PostgreSQL comes later)",
+                redact_url(&self.store.url)
+            ));
+        }
+        if let Err(e) = self.http.addr.parse::<SocketAddr>() {
+            errors.push(format!("http.addr `{}` is not HOST:PORT: {e}", self.http.addr));
+        }
+        if self.retry.max_attempts == 0 {
+            errors.push("retry.max_attempts must be at least 1".into());
+        }
+        if self.retry.initial_backoff > self.retry.max_backoff {
+            errors.push("retry.initial_backoff must not exceed retry.max_backoff".into());
+        }
+        if self.amqp.reconnect_min > self.amqp.reconnect_max {
+            errors.push("amqp.reconnect_min must not exceed amqp.reconnect_max".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            errors.push(format!("log.level `{}` is not a tracing filter", self.log.level));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.addr.parse().expect("validated at load")
+    }
+}
+
+/// `scheme://user:password@host` -> `scheme://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let raw = String::deserialize(d)?;
+        humantime::parse_duration(&raw).map_err(|e| serde::de::Error::custom(format!("`{raw}`: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = Settings::load(None).unwrap();
+        assert_eq!(s.amqp.exchange, "referrals.events");
+        assert_eq!(s.amqp.dead_letter_queue(), "referral-router.dead");
+        assert!(s.smtp.host.is_empty());
+    }
+
+    #[test]
+    fn secrets_and_urls_are_redacted() {
+        assert_eq!(
+            redact_url("amqp://guest:hunter2@rabbit:5672/%2f"),
+            "amqp://guest:***@rabbit:5672/%2f"
+        );
+        let s = Settings::load(None).unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("guest:guest"), "{shown}");
+    }
+
+    #[test]
+    fn errors_name_the_keys() {
+        let mut s = Settings::load(None).unwrap();
+        s.amqp.prefetch = 0;
+        s.http.addr = "nowhere".into();
+        s.store.url = "mysql://x".into();
+        let text = s.validate().unwrap_err().to_string();
+        for key in ["amqp.prefetch", "http.addr", "store.url"] {
+            assert!(text.contains(key), "{text}");
+        }
+    }
+}

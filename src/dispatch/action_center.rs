@@ -1,0 +1,63 @@
+//! Action Center out: an entry per recipient user, stored (the HTTP API reads
+//! it) and published as JSON to the portal's exchange with a publisher confirm.
+
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+
+use super::ActionCenterContent;
+use crate::event::Event;
+use crate::route::Delivery;
+use crate::route::rules::ActionCenterSpec;
+use crate::store::ActionCenterEntry;
+
+/// The entry's id: stable for (event, notification, recipient), so storing or
+/// publishing it twice is recognisable as the same entry.
+pub fn entry_id(event_id: &str, notification: &str, recipient_key: &str) -> String {
+    let mut h = Sha256::new();
+    for part in ["action-center", event_id, notification, recipient_key] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whose entry it is: the portal user id, else the contact's lower-cased email.
+pub fn owner(delivery: &Delivery) -> String {
+    delivery
+        .recipient
+        .user_id
+        .as_ref()
+        .map_or_else(|| delivery.recipient.email.key(), |u| u.as_str().to_string())
+}
+
+pub fn entry(
+    event: &Event,
+    delivery: &Delivery,
+    content: ActionCenterContent,
+    spec: Option<&ActionCenterSpec>,
+) -> ActionCenterEntry {
+    let created_at = Utc::now();
+    let expires_at = spec
+        .and_then(|s| s.expires_after)
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .map(|d| created_at + d);
+    ActionCenterEntry {
+        id: entry_id(
+            event.id.as_str(),
+            &delivery.notification,
+            &delivery.recipient.email.key(),
+        ),
+        user: owner(delivery),
+        partner_id: delivery.recipient.partner_id.as_ref().map(|p| p.to_string()),
+        event_id: event.id.to_string(),
+        notification: delivery.notification.clone(),
+        category: spec.map_or_else(|| "general".to_string(), |s| s.category.clone()),
+        priority: spec.map_or_else(|| "normal".to_string(), |s| s.priority.clone()),
+        title: content.title,
+        body: content.body,
+        link: content.link,
+        created_at,
+        expires_at,
+        read: false,
+    }
+}

@@ -1,0 +1,60 @@
+//! What happens to a message when processing it fails: each error knows its
+//! disposition, and [`ProcessError::disposition`] is the one place that decides.
+
+use crate::decode::DecodeError;
+use crate::store::StoreError;
+
+/// The end of a message's road.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done (or nothing to do): ack.
+    Ack,
+    /// A transient failure: try again after a backoff.
+    Retry(String),
+    /// Can never succeed: to the dead-letter queue with a reason, then ack.
+    DeadLetter { reason: String, detail: String },
+    /// Stop now (shutting down) and let the broker deliver it again later.
+    Requeue,
+}
+
+/// Why processing one message stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("mail server: {0}")]
+    Mail(String),
+    #[error("broker: {0}")]
+    Broker(String),
+}
+
+impl ProcessError {
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            ProcessError::Decode(e) => Disposition::DeadLetter {
+                reason: e.kind().to_string(),
+                detail: e.to_string(),
+            },
+            ProcessError::Store(_) | ProcessError::Mail(_) | ProcessError::Broker(_) => {
+                Disposition::Retry(self.to_string())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_input_is_dead_lettered_and_outages_are_retried() {
+        let bad = ProcessError::Decode(DecodeError::UnknownType("x".into()));
+        assert!(matches!(bad.disposition(), Disposition::DeadLetter { reason, .. } if reason == "unknown_type"));
+        assert!(matches!(
+            ProcessError::Mail("421".into()).disposition(),
+            Disposition::Retry(_)
+        ));
+    }
+}

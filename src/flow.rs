@@ -1,0 +1,206 @@
+//! One event through the flow: decode -> route -> admit (durable) -> render ->
+//! dispatch. Acking is the caller's job, once this returns `Ok`.
+
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use tracing::{info, warn};
+
+use crate::app::App;
+use crate::decode::{Attributes, DecodeError, decode_binary, decode_structured};
+use crate::dispatch::{action_center, email};
+use crate::error::ProcessError;
+use crate::event::{Event, EventId};
+use crate::route::rules::Channel;
+use crate::route::{Decision, DigestKey, Plan, route};
+use crate::store::{Admission, OutboxItem};
+
+fn header_text(headers: &FieldTable, name: &str) -> Option<String> {
+    let inner = headers.inner();
+    let value = ["cloudEvents:", "cloudEvents_"]
+        .iter()
+        .find_map(|prefix| inner.get(format!("{prefix}{name}").as_str()))?;
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        AMQPValue::Timestamp(t) => DateTime::<Utc>::from_timestamp(i64::try_from(*t).ok()?, 0).map(|t| t.to_rfc3339()),
+        _ => None,
+    }
+}
+
+/// Decodes a message in either CloudEvents mode: binary when the
+/// `cloudEvents:*` headers carry the attributes, structured otherwise.
+pub fn decode_message(properties: &BasicProperties, body: &[u8]) -> Result<Event, DecodeError> {
+    let Some(headers) = properties
+        .headers()
+        .as_ref()
+        .filter(|h| header_text(h, "specversion").is_some())
+    else {
+        return decode_structured(body);
+    };
+    let required = |name: &str| {
+        header_text(headers, name)
+            .ok_or_else(|| DecodeError::NotCloudEvent(format!("missing header cloudEvents:{name}")))
+    };
+    let time = required("time")?;
+    let attributes = Attributes {
+        specversion: required("specversion")?,
+        id: EventId::new(required("id")?),
+        source: required("source")?,
+        event_type: required("type")?,
+        time: DateTime::parse_from_rfc3339(&time)
+            .map_err(|e| DecodeError::NotCloudEvent(format!("cloudEvents:time `{time}`: {e}")))?
+            .with_timezone(&Utc),
+        subject: header_text(headers, "subject"),
+    };
+    if attributes.id.as_str().trim().is_empty() {
+        return Err(DecodeError::NotCloudEvent("cloudEvents:id is empty".into()));
+    }
+    decode_binary(attributes, body)
+}
+
+/// Routes, records and dispatches one decoded event. Safe to call again for
+/// the same event: what was recorded is not recorded twice, what went out is
+/// not sent again.
+pub async fn process(app: &App, event: &Event) -> Result<(), ProcessError> {
+    let active = app.active();
+    let state = app.store.state_for(event).await?;
+    let counters = {
+        let dir = app.directory();
+        route(event, &active.rules, &*dir, &state).counters
+    };
+    let captured: Mutex<Option<Plan>> = Mutex::new(None);
+    let planner = |positions: &[(DigestKey, u32)]| {
+        let mut state = state.clone();
+        for (key, position) in positions {
+            state.set_count(key.clone(), *position);
+        }
+        let plan = {
+            let dir = app.directory();
+            route(event, &active.rules, &*dir, &state)
+        };
+        *captured.lock().unwrap_or_else(|e| e.into_inner()) = Some(plan.clone());
+        plan
+    };
+    let items = match app.store.admit(event, &counters, &planner).await? {
+        Admission::Done => {
+            app.metrics.duplicates.inc();
+            info!("already processed: nothing to do");
+            return Ok(());
+        }
+        Admission::Pending { fresh, items } => {
+            if fresh {
+                app.apply_directory(event);
+                let plan = captured
+                    .into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_default();
+                log_plan(app, &plan);
+            } else {
+                info!(pending = items.len(), "resuming an event seen before");
+            }
+            items
+        }
+    };
+    app.metrics.routed.with_label_values(&[event.event_type.as_str()]).inc();
+    for item in items {
+        dispatch(app, &active, event, item).await?;
+    }
+    app.store.complete(event.id.as_str()).await?;
+    Ok(())
+}
+
+fn log_plan(app: &App, plan: &Plan) {
+    for d in &plan.deliveries {
+        let outcome = match d.decision {
+            Decision::Send => continue,
+            Decision::Hold => "held",
+            Decision::Suppress => "suppressed",
+        };
+        app.metrics
+            .deliveries
+            .with_label_values(&[&d.channel.to_string(), outcome])
+            .inc();
+        info!(
+            notification = %d.notification,
+            channel = %d.channel,
+            recipient = %d.recipient.email,
+            rules = ?d.rules,
+            outcome,
+            "not sent now"
+        );
+    }
+}
+
+async fn dispatch(app: &App, active: &crate::app::Active, event: &Event, item: OutboxItem) -> Result<(), ProcessError> {
+    let d = &item.delivery;
+    let channel = d.channel.to_string();
+    let failed = |error: String| async move {
+        warn!(notification = %d.notification, channel = %d.channel, recipient = %d.recipient.email,
+              rules = ?d.rules, %error, "delivery failed for good");
+        app.metrics
+            .deliveries
+            .with_label_values(&[d.channel.to_string().as_str(), "failed"])
+            .inc();
+        app.store.mark_failed(item.log_id, &error).await
+    };
+    let sent_id = match d.channel {
+        Channel::Email => {
+            let content = match active.renderer.email(event, d) {
+                Ok(c) => c,
+                Err(e) => return Ok(failed(format!("rendering: {e}")).await?),
+            };
+            let optional = active
+                .rules
+                .notifications
+                .get(&d.notification)
+                .is_some_and(|n| n.optional);
+            let (message, id) = match email::build(&app.settings.mail, event.id.as_str(), d, &content, optional) {
+                Ok(m) => m,
+                Err(e) => return Ok(failed(e.to_string()).await?),
+            };
+            match app.mailer.send(message).await {
+                Ok(()) => id,
+                Err(email::SendError::Permanent(e)) => return Ok(failed(e).await?),
+                Err(email::SendError::Transient(e)) => {
+                    app.store.note_attempt(item.log_id, &e).await?;
+                    return Err(ProcessError::Mail(e));
+                }
+            }
+        }
+        Channel::ActionCenter => {
+            let content = match active.renderer.action_center(event, d) {
+                Ok(c) => c,
+                Err(e) => return Ok(failed(format!("rendering: {e}")).await?),
+            };
+            let spec = active
+                .rules
+                .notifications
+                .get(&d.notification)
+                .and_then(|n| n.action_center.as_ref());
+            let entry = action_center::entry(event, d, content, spec);
+            app.store.put_entry(&entry).await?;
+            let payload = serde_json::to_vec(&entry).unwrap_or_default();
+            let props = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_message_id(entry.id.as_str().into());
+            let key = format!("{}.{}", entry.category, entry.notification);
+            if let Err(e) = app
+                .publisher
+                .publish(&app.settings.amqp.action_center_exchange, &key, &payload, props)
+                .await
+            {
+                app.store.note_attempt(item.log_id, &e).await?;
+                return Err(ProcessError::Broker(e));
+            }
+            entry.id
+        }
+    };
+    app.store.mark_sent(item.log_id, Some(&sent_id)).await?;
+    app.metrics.deliveries.with_label_values(&[&channel, "sent"]).inc();
+    info!(notification = %d.notification, channel = %d.channel, recipient = %d.recipient.email,
+          rules = ?d.rules, id = %sent_id, "sent");
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! HTTP: `/healthz`, `/readyz` (broker and store reachable), `/metrics`, and
+//! the Action Center API. The API trusts only a bearer JWT (HS256, secret from
+//! `http.jwt_secret`); its subject is the user, so a user sees only their own entries.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::App;
+
+pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let shutdown = app.shutdown.clone();
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/action-center/entries", get(list))
+        .route("/api/v1/action-center/unread-count", get(unread))
+        .route("/api/v1/action-center/entries/read", post(read_all))
+        .route("/api/v1/action-center/entries/{id}/read", post(read_one))
+        .with_state(app)
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let store = app.store.ping().await.err().map(|e| e.to_string());
+    let broker = (!app.publisher.connected()).then(|| "not connected".to_string());
+    let ready = store.is_none() && broker.is_none();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"ready": ready, "store": store.unwrap_or_else(|| "ok".into()),
+                    "broker": broker.unwrap_or_else(|| "ok".into())})),
+    )
+        .into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The authenticated user: the `sub` of a valid bearer token.
+pub struct User(pub String);
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+fn unauthorized(why: &str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({"error": why})),
+    )
+        .into_response()
+}
+
+impl FromRequestParts<Arc<App>> for User {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        let secret = &app.settings.http.jwt_secret;
+        if secret.is_empty() {
+            return Err(unauthorized("the Action Center API is not configured"));
+        }
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| unauthorized("a bearer token is required"))?;
+        let key = DecodingKey::from_secret(secret.expose().as_bytes());
+        let data = jsonwebtoken::decode::<Claims>(token.trim(), &key, &Validation::new(Algorithm::HS256))
+            .map_err(|_| unauthorized("invalid token"))?;
+        if data.claims.sub.trim().is_empty() {
+            return Err(unauthorized("the token names no user"));
+        }
+        Ok(User(data.claims.sub))
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    unread: bool,
+    #[serde(default = "default_limit")]
+    limit: u32,
+}
+
+fn default_limit() -> u32 {
+    50
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "Action Center API");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": "store unavailable"})),
+    )
+        .into_response()
+}
+
+async fn list(State(app): State<Arc<App>>, User(user): User, Query(q): Query<ListQuery>) -> Response {
+    match app.store.entries(&user, q.unread, q.limit.clamp(1, 500)).await {
+        Ok(entries) => Json(json!({"entries": entries})).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn unread(State(app): State<Arc<App>>, User(user): User) -> Response {
+    match app.store.unread_count(&user).await {
+        Ok(n) => Json(json!({"unread": n})).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn read_one(State(app): State<Arc<App>>, User(user): User, Path(id): Path<String>) -> Response {
+    match app.store.mark_read(&user, Some(&id)).await {
+        Ok(0) => {
+            // Unknown, already read, or someone else's: indistinguishable on purpose.
+            match app.store.entries(&user, false, 500).await {
+                Ok(entries) if entries.iter().any(|e| e.id == id) => StatusCode::NO_CONTENT.into_response(),
+                Ok(_) => (StatusCode::NOT_FOUND, Json(json!({"error": "no such entry"}))).into_response(),
+                Err(e) => internal(e),
+            }
+        }
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn read_all(State(app): State<Arc<App>>, User(user): User) -> Response {
+    match app.store.mark_read(&user, None).await {
+        Ok(n) => Json(json!({"marked": n})).into_response(),
+        Err(e) => internal(e),
+    }
+}

@@ -1,0 +1,162 @@
+//! State: one [`Store`] interface over what the worker must remember, so that
+//! effects are durable before a message is acked. SQLite is the embedded
+//! backend; PostgreSQL (several workers) implements the same trait.
+
+mod delivery_json;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::directory::Directory;
+use crate::event::Event;
+use crate::route::{DigestKey, MemoryState, Plan};
+
+pub use delivery_json::StoredDelivery;
+pub use sqlite::SqliteStore;
+
+/// A store operation failed. Always worth retrying: the usual causes are a
+/// busy database or a lost connection; a message that keeps failing ends in
+/// the dead-letter queue after the bounded retries.
+#[derive(Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(pub String);
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+/// Where one planned delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStatus {
+    /// Planned to go out, not yet accepted by the mail server / stored and published.
+    Pending,
+    Sent,
+    /// Held for a digest (see the `held` table).
+    Held,
+    Suppressed,
+    /// Given up for good (a permanent SMTP refusal, a rendering error).
+    Failed,
+}
+
+impl LogStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStatus::Pending => "pending",
+            LogStatus::Sent => "sent",
+            LogStatus::Held => "held",
+            LogStatus::Suppressed => "suppressed",
+            LogStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "pending" => LogStatus::Pending,
+            "sent" => LogStatus::Sent,
+            "held" => LogStatus::Held,
+            "suppressed" => LogStatus::Suppressed,
+            "failed" => LogStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A delivery still to be dispatched, with its notification-log row.
+#[derive(Clone, Debug)]
+pub struct OutboxItem {
+    pub log_id: i64,
+    pub delivery: crate::route::Delivery,
+}
+
+/// What the store says about an event it is given.
+#[derive(Debug)]
+pub enum Admission {
+    /// Seen before and fully dispatched: nothing to do but ack.
+    Done,
+    /// Recorded (now or by an earlier attempt); these deliveries are still pending.
+    Pending { fresh: bool, items: Vec<OutboxItem> },
+}
+
+/// An in-app notification for one user.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ActionCenterEntry {
+    pub id: String,
+    /// The user id, or the lower-cased email of a recipient without one.
+    pub user: String,
+    pub partner_id: Option<String>,
+    pub event_id: String,
+    pub notification: String,
+    pub category: String,
+    pub priority: String,
+    pub title: String,
+    pub body: String,
+    pub link: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub read: bool,
+}
+
+/// Computes the plan once the digest positions of this event are known.
+pub type Planner<'a> = &'a (dyn Fn(&[(DigestKey, u32)]) -> Plan + Send + Sync);
+
+/// The worker's state, behind one interface.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The directory as the stored `directory.*` events built it.
+    async fn load_directory(&self) -> Result<Directory, StoreError>;
+
+    /// The statuses routing reads for the event's referral.
+    async fn state_for(&self, event: &Event) -> Result<MemoryState, StoreError>;
+
+    /// In one transaction: record the event id (or find it recorded), count
+    /// it under `counters` (each increment returns its position), apply its
+    /// directory change and the plan's state records, and log every planned
+    /// delivery. Returns what is still pending.
+    async fn admit(&self, event: &Event, counters: &[DigestKey], plan: Planner<'_>) -> Result<Admission, StoreError>;
+
+    /// A delivery went out (the mail server accepted it / the entry is stored and published).
+    async fn mark_sent(&self, log_id: i64, message_id: Option<&str>) -> Result<(), StoreError>;
+
+    /// A delivery will never go out; the error explains why.
+    async fn mark_failed(&self, log_id: i64, error: &str) -> Result<(), StoreError>;
+
+    /// A transient failure, counted on the log row.
+    async fn note_attempt(&self, log_id: i64, error: &str) -> Result<(), StoreError>;
+
+    /// Every delivery of the event is settled.
+    async fn complete(&self, event_id: &str) -> Result<(), StoreError>;
+
+    /// Stores an entry; storing the same id again changes nothing.
+    async fn put_entry(&self, entry: &ActionCenterEntry) -> Result<(), StoreError>;
+
+    /// A user's entries, newest first.
+    async fn entries(&self, user: &str, unread_only: bool, limit: u32) -> Result<Vec<ActionCenterEntry>, StoreError>;
+
+    async fn unread_count(&self, user: &str) -> Result<u64, StoreError>;
+
+    /// Marks the user's entries read (one, or all when `id` is `None`); returns how many changed.
+    async fn mark_read(&self, user: &str, id: Option<&str>) -> Result<u64, StoreError>;
+}
+
+/// Opens the store named by a `store.url`.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError(format!("unsupported store url scheme: {url}")))
+    }
+}

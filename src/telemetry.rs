@@ -1,0 +1,133 @@
+//! Telemetry: structured logs (text or JSON) and the Prometheus metrics the
+//! flow updates at each step.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::config::{Log, LogFormat};
+
+/// Starts logging; `RUST_LOG` wins over `log.level` when set.
+pub fn init_logs(log: &Log) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Every metric the worker exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub consumed: IntCounter,
+    pub redelivered: IntCounter,
+    pub routed: IntCounterVec,
+    pub duplicates: IntCounter,
+    pub deliveries: IntCounterVec,
+    pub dead_lettered: IntCounterVec,
+    pub retries: IntCounter,
+    pub settled: IntCounterVec,
+    pub latency: Histogram,
+    pub rules: IntGaugeVec,
+    pub broker_connected: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let consumed = counter("router_messages_consumed_total", "Messages received from the broker.");
+        let redelivered = counter(
+            "router_messages_redelivered_total",
+            "Messages the broker flagged as redelivered.",
+        );
+        let routed = counter_vec("router_events_routed_total", "Events routed, by type.", &["type"]);
+        let duplicates = counter(
+            "router_events_duplicate_total",
+            "Events already fully processed (same id): acked, nothing sent.",
+        );
+        let deliveries = counter_vec(
+            "router_deliveries_total",
+            "Planned deliveries by channel and outcome (sent, held, suppressed, failed).",
+            &["channel", "outcome"],
+        );
+        let dead_lettered = counter_vec(
+            "router_dead_lettered_total",
+            "Messages sent to the dead-letter queue, by reason.",
+            &["reason"],
+        );
+        let retries = counter("router_retries_total", "Transient failures retried after a backoff.");
+        let settled = counter_vec(
+            "router_messages_settled_total",
+            "Messages finished with the broker: ack, dead_letter or requeue.",
+            &["outcome"],
+        );
+        let latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "router_processing_seconds",
+                "Time from receiving a message to settling it.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry.register(Box::new(latency.clone())).expect("unique metric");
+        let rules = IntGaugeVec::new(
+            Opts::new("router_rules_info", "The active rule set: 1 for its hash."),
+            &["hash"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(rules.clone())).expect("unique metric");
+        let broker_connected =
+            IntGauge::new("router_broker_connected", "1 while consuming from the broker.").expect("valid metric");
+        registry
+            .register(Box::new(broker_connected.clone()))
+            .expect("unique metric");
+        Self {
+            registry,
+            consumed,
+            redelivered,
+            routed,
+            duplicates,
+            deliveries,
+            dead_lettered,
+            retries,
+            settled,
+            latency,
+            rules,
+            broker_connected,
+        }
+    }
+
+    /// Marks `hash` as the serving rule set.
+    pub fn set_rules(&self, hash: &str) {
+        self.rules.reset();
+        self.rules.with_label_values(&[hash]).set(1);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

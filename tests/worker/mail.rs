@@ -1,0 +1,205 @@
+//! Every SPEC row but the digest: the right people get one email each, with a
+//! subject, a text part and an HTML part, and the headers operators rely on.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use mail_parser::MimeHeaders;
+use referral_router::route::RuleSet;
+
+use crate::support::{self, example};
+
+struct Case {
+    file: &'static str,
+    notification: &'static str,
+    to: &'static [&'static str],
+}
+
+const CASES: &[Case] = &[
+    // Rows 1 and 2: the inviting member, and the receiver's referral admins (never Microsoft).
+    Case {
+        file: "cosell.opportunity.shared.json",
+        notification: "*",
+        to: &[
+            "amy@fabrikam.example",
+            "cara@northwind.example",
+            "ida@northwind.example",
+        ],
+    },
+    // Row 5, before any answer is recorded (an answered receiver gets no reminder).
+    Case {
+        file: "cosell.opportunity.expiring.json",
+        notification: "cosell-incoming-expiring",
+        to: &["cara@northwind.example", "ida@northwind.example"],
+    },
+    Case {
+        file: "cosell.opportunity.accepted.json",
+        notification: "cosell-outgoing-accepted",
+        to: &["amy@fabrikam.example"],
+    },
+    Case {
+        file: "cosell.opportunity.declined.json",
+        notification: "cosell-outgoing-declined",
+        to: &["amy@fabrikam.example"],
+    },
+    Case {
+        file: "cosell.opportunity.expired.json",
+        notification: "cosell-outgoing-expired",
+        to: &["amy@fabrikam.example"],
+    },
+    Case {
+        file: "dealreg.action_required.json",
+        notification: "dealreg-action-required",
+        to: &["amy@fabrikam.example", "ben@fabrikam.example"],
+    },
+    Case {
+        file: "dealreg.review_failed.json",
+        notification: "dealreg-review-failed",
+        to: &["amy@fabrikam.example", "ben@fabrikam.example"],
+    },
+    Case {
+        file: "dealreg.review_selected.json",
+        notification: "dealreg-review-selected",
+        to: &["amy@fabrikam.example", "ben@fabrikam.example"],
+    },
+    Case {
+        file: "cosell.solution.validation_failed.json",
+        notification: "solution-validation-failed",
+        to: &["ben@fabrikam.example"],
+    },
+    Case {
+        file: "cosell.solution.validation_passed.json",
+        notification: "solution-validation-passed",
+        to: &["ben@fabrikam.example"],
+    },
+    Case {
+        file: "lead.created.contact_me.json",
+        notification: "lead-generated",
+        to: &[
+            "dana@fabrikam.example",
+            "gina@fabrikam.example",
+            "sales@fabrikam.example",
+        ],
+    },
+    Case {
+        file: "lead.created.profile.json",
+        notification: "lead-profile-new",
+        to: &[
+            "dana@fabrikam.example",
+            "gina@fabrikam.example",
+            "sales@fabrikam.example",
+        ],
+    },
+    Case {
+        file: "lead.declined.json",
+        notification: "lead-customer-redirected",
+        to: &["sam@wideworld.example"],
+    },
+    Case {
+        file: "lead.expired.json",
+        notification: "lead-customer-redirected",
+        to: &["sam@wideworld.example"],
+    },
+];
+
+/// The fact every message about this event must mention: the customer, the solution or the lead's company.
+fn key_fact(event: &serde_json::Value) -> String {
+    [
+        "/data/referral/customer/name",
+        "/data/solution/name",
+        "/data/lead/customer/company",
+    ]
+    .iter()
+    .find_map(|p| event.pointer(p).and_then(|v| v.as_str()))
+    .expect("a key fact")
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_row_is_emailed_to_the_right_people_with_both_parts() {
+    let _gate = support::shared().await;
+    let (broker, smtp, worker) = support::start("rows", &[]).await;
+    let rules = RuleSet::load_dir(&support::root().join("rules")).unwrap();
+    let mut seen = 0;
+    for case in CASES {
+        let raw = example(case.file);
+        let event: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        broker.publish(&raw).await;
+        let all = smtp.wait_for(seen + case.to.len(), Duration::from_secs(20)).await;
+        let new = &all[seen..];
+        seen = all.len();
+        let got: BTreeSet<String> = new.iter().flat_map(|m| m.rcpt.clone()).collect();
+        let want: BTreeSet<String> = case.to.iter().map(|s| s.to_string()).collect();
+        assert_eq!(got, want, "{}: recipients\nlog:\n{}", case.file, worker.logs());
+        assert_eq!(new.len(), case.to.len(), "{}: one email per person", case.file);
+        let fact = key_fact(&event);
+        for m in new {
+            let raw_text = String::from_utf8_lossy(&m.data);
+            let msg = m.parsed();
+            let subject = msg.subject().unwrap_or_default();
+            let to = msg
+                .to()
+                .and_then(|a| a.first())
+                .and_then(|a| a.address())
+                .unwrap_or_default();
+            let notification = if case.notification == "*" {
+                if to.starts_with("amy@") {
+                    "cosell-outgoing-opportunity"
+                } else {
+                    "cosell-incoming-opportunity"
+                }
+            } else {
+                case.notification
+            };
+            let title = &rules.notifications[notification].title;
+            assert!(
+                subject.contains(title.as_str()),
+                "{}: subject `{subject}` lacks `{title}`",
+                case.file
+            );
+            let ct = msg.content_type().expect("a content type");
+            assert_eq!(
+                (ct.ctype(), ct.subtype()),
+                ("multipart", Some("alternative")),
+                "{}",
+                case.file
+            );
+            assert!(
+                raw_text.contains("text/plain") && raw_text.contains("text/html"),
+                "{raw_text}"
+            );
+            let text = msg.body_text(0).expect("a text part");
+            let html = msg.body_html(0).expect("an HTML part");
+            assert!(text.contains(&fact), "{}: text part lacks `{fact}`:\n{text}", case.file);
+            assert!(html.contains(&fact), "{}: HTML part lacks `{fact}`:\n{html}", case.file);
+            assert!(html.contains("https://"), "{}: links are absolute", case.file);
+            assert!(
+                msg.message_id().is_some_and(|id| id.contains('@')),
+                "{}: Message-ID",
+                case.file
+            );
+            assert!(
+                msg.from().is_some() && msg.reply_to().is_some(),
+                "{}: From, Reply-To",
+                case.file
+            );
+            let optional = rules.notifications[notification].optional;
+            assert_eq!(
+                msg.header("List-Unsubscribe").is_some(),
+                optional,
+                "{}: List-Unsubscribe only on optional notifications",
+                case.file
+            );
+        }
+    }
+    // Nothing else went out: the free-trial lead is informational.
+    broker.publish(&example("lead.created.free_trial.json")).await;
+    worker
+        .wait_settled(
+            support::directory_events().len() + CASES.len() + 1,
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(smtp.messages().len(), seen, "no extra mail");
+    broker.cleanup().await;
+}

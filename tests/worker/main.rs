@@ -1,0 +1,9 @@
+//! Integration tests: the real `referral-router run` process against this
+//! machine's RabbitMQ, a real SMTP server over TCP and its own SQLite file.
+
+mod action_center;
+mod failures;
+mod mail;
+mod operations;
+mod recovery;
+mod support;

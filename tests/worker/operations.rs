@@ -1,0 +1,86 @@
+//! Operating the worker: SIGHUP reloads rules (a broken set is rejected and the
+//! old one keeps serving), and with no SMTP host mail lands as `.eml` files.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{self, example};
+
+async fn rules_hash(worker: &support::Worker) -> String {
+    let (_, metrics) = support::http(&worker.http, "GET", "/metrics", None).await.unwrap();
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("router_rules_info{hash=\"")?
+                .split('"')
+                .next()
+                .map(str::to_owned)
+        })
+        .expect("a rules hash metric")
+}
+
+async fn wait_log(worker: &support::Worker, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !worker.logs().contains(needle) {
+        assert!(Instant::now() < deadline, "`{needle}` not logged:\n{}", worker.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_rules_and_rejects_a_broken_set() {
+    let _gate = support::shared().await;
+    let rules = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(support::root().join("rules")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, rules.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let dir = rules.path().display().to_string();
+    let (broker, smtp, worker) = support::start("reload", &[("ROUTER__RULES__DIR", &dir)]).await;
+    let first = rules_hash(&worker).await;
+
+    // A typo in a rule: rejected, and the old set still routes.
+    let leads = rules.path().join("leads.yaml");
+    let good = std::fs::read_to_string(&leads).unwrap();
+    std::fs::write(&leads, good.replace("to: [lead_customer]", "to: [lead_custmer]")).unwrap();
+    worker.signal("HUP");
+    wait_log(&worker, "reload rejected").await;
+    assert!(worker.logs().contains("unknown selector `lead_custmer`"));
+    assert_eq!(rules_hash(&worker).await, first);
+    broker.publish(&example("lead.declined.json")).await;
+    assert_eq!(smtp.wait_for(1, Duration::from_secs(20)).await.len(), 1);
+
+    // A good change: served, and the metric shows the new hash.
+    std::fs::write(&leads, format!("{good}\n# reviewed\n")).unwrap();
+    worker.signal("HUP");
+    wait_log(&worker, "rules reloaded").await;
+    assert_ne!(rules_hash(&worker).await, first);
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_smtp_host_mail_is_written_as_eml_files() {
+    let _gate = support::shared().await;
+    let outbox = tempfile::tempdir().unwrap();
+    let dir = outbox.path().display().to_string();
+    let (broker, _smtp, worker) = support::start(
+        "files",
+        &[("ROUTER__SMTP__HOST", ""), ("ROUTER__SMTP__OUTBOX_DIR", &dir)],
+    )
+    .await;
+    broker.publish(&example("cosell.solution.validation_passed.json")).await;
+    worker
+        .wait_settled(support::directory_events().len() + 1, Duration::from_secs(20))
+        .await;
+    let files: Vec<_> = std::fs::read_dir(outbox.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    assert_eq!(files.len(), 1, "log:\n{}", worker.logs());
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("To: \"Ben Brooks\" <ben@fabrikam.example>") || text.contains("ben@fabrikam.example"));
+    assert!(text.contains("multipart/alternative"), "{text}");
+    broker.cleanup().await;
+}

@@ -1,0 +1,248 @@
+//! The harness: a real worker process per test, on its own exchange, queue,
+//! SQLite file, HTTP port and SMTP sink; a real AMQP client to publish.
+
+pub mod broker;
+pub mod smtp;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub use broker::Broker;
+pub use smtp::SmtpSink;
+
+pub const JWT_SECRET: &str = "test-secret-for-the-action-center";
+
+/// Most tests share the broker; the one that closes every broker connection runs alone.
+static GATE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+pub async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    GATE.read().await
+}
+
+pub async fn exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    GATE.write().await
+}
+
+/// A broker, an SMTP sink and a worker that already knows the test directory.
+pub async fn start(name: &str, extra: &[(&str, &str)]) -> (Broker, SmtpSink, Worker) {
+    let broker = Broker::new(name).await;
+    let smtp = SmtpSink::start().await;
+    let worker = Worker::start(&broker, &smtp, extra).await;
+    let dir = directory_events();
+    for line in &dir {
+        broker.publish(line).await;
+    }
+    worker.wait_settled(dir.len(), Duration::from_secs(30)).await;
+    (broker, smtp, worker)
+}
+
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn example(name: &str) -> Vec<u8> {
+    std::fs::read(root().join("rules/tests/events").join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The directory the examples route against, one event per line.
+pub fn directory_events() -> Vec<Vec<u8>> {
+    std::fs::read_to_string(root().join("rules/tests/directory.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.as_bytes().to_vec())
+        .collect()
+}
+
+/// A unique name for this test's broker objects.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("test-{prefix}-{}-{nanos:x}", std::process::id())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Worker {
+    child: Child,
+    pub http: String,
+    /// Holds the worker's SQLite file and log; removed when the test ends.
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Worker {
+    /// Starts `referral-router run` for `broker`'s names, sending mail to `smtp`.
+    pub async fn start(broker: &Broker, smtp: &SmtpSink, extra: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut env: Vec<(String, String)> = vec![
+            ("ROUTER__AMQP__EXCHANGE", broker.exchange.as_str()),
+            ("ROUTER__AMQP__QUEUE", broker.queue.as_str()),
+            ("ROUTER__AMQP__DEAD_LETTER_EXCHANGE", broker.dlx.as_str()),
+            ("ROUTER__AMQP__ACTION_CENTER_EXCHANGE", broker.action_center.as_str()),
+            ("ROUTER__SMTP__HOST", "127.0.0.1"),
+            ("ROUTER__SMTP__TLS", "none"),
+            ("ROUTER__RETRY__INITIAL_BACKOFF", "200ms"),
+            ("ROUTER__RETRY__MAX_BACKOFF", "1s"),
+            ("ROUTER__RETRY__MAX_ATTEMPTS", "40"),
+            ("ROUTER__AMQP__RECONNECT_MIN", "200ms"),
+            ("ROUTER__AMQP__RECONNECT_MAX", "2s"),
+            ("ROUTER__HTTP__JWT_SECRET", JWT_SECRET),
+            ("ROUTER__LOG__LEVEL", "info,referral_router=debug"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.push(("ROUTER__SMTP__PORT".into(), smtp.port.to_string()));
+        env.push(("ROUTER__HTTP__ADDR".into(), format!("127.0.0.1:{port}")));
+        env.push((
+            "ROUTER__STORE__URL".into(),
+            format!("sqlite://{}", dir.path().join("router.db").display()),
+        ));
+        env.push(("ROUTER__RULES__DIR".into(), root().join("rules").display().to_string()));
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let log = dir.path().join("worker.log");
+        let child = spawn(&env, &log);
+        let worker = Self {
+            child,
+            http: format!("127.0.0.1:{port}"),
+            _dir: dir,
+            log,
+            env,
+        };
+        worker.wait_ready().await;
+        worker
+    }
+
+    /// Starts the same worker again (same store, queue and port) after it stopped.
+    pub async fn restart(&mut self) {
+        self.child = spawn(&self.env, &self.log);
+        self.wait_ready().await;
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = http(&self.http, "GET", "/readyz", None).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the worker did not become ready in 30s; its log:\n{}", self.logs());
+    }
+
+    /// Sum of a metric's samples whose line starts with `prefix` (name and labels).
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let (_, body) = http(&self.http, "GET", "/metrics", None).await.unwrap_or_default();
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits (bounded) until `n` messages were acked or dead-lettered in total.
+    pub async fn wait_settled(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let done = self.metric("router_messages_settled_total{outcome=\"ack\"}").await
+                + self
+                    .metric("router_messages_settled_total{outcome=\"dead_letter\"}")
+                    .await;
+            if done >= n as f64 {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "only {done} of {n} messages settled in {timeout:?}; log:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit; its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the worker did not exit in {timeout:?}; log:\n{}", self.logs());
+    }
+}
+
+fn spawn(env: &[(String, String)], log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_referral-router"))
+        .arg("run")
+        .current_dir(log.parent().unwrap())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn the worker")
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 client: (status, body).
+pub async fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    let fut = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("HTTP timeout")))
+}

@@ -1,0 +1,147 @@
+//! A real SMTP server over TCP, in process: enough of RFC 5321 (EHLO, MAIL,
+//! RCPT, DATA, RSET, NOOP, QUIT) for lettre, recording every accepted message.
+//! It can be switched "down": it then answers 421 and closes, like a server
+//! that is restarting.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub rcpt: Vec<String>,
+    pub data: Vec<u8>,
+}
+
+impl Received {
+    pub fn parsed(&self) -> mail_parser::Message<'_> {
+        mail_parser::MessageParser::default()
+            .parse(&self.data)
+            .expect("a parsable message")
+    }
+}
+
+#[derive(Clone)]
+pub struct SmtpSink {
+    pub port: u16,
+    messages: Arc<Mutex<Vec<Received>>>,
+    down: Arc<AtomicBool>,
+    delay: Arc<Mutex<Duration>>,
+}
+
+impl SmtpSink {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the SMTP sink");
+        let port = listener.local_addr().unwrap().port();
+        let sink = Self {
+            port,
+            messages: Arc::default(),
+            down: Arc::default(),
+            delay: Arc::default(),
+        };
+        let s = sink.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(s.clone().session(stream));
+            }
+        });
+        sink
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Makes the server slow to accept each message's data.
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
+
+    pub fn messages(&self) -> Vec<Received> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until at least `n` messages arrived.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.messages();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn session(self, stream: TcpStream) {
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read);
+        let down = || self.down.load(Ordering::SeqCst);
+        if down() {
+            let _ = write.write_all(b"421 4.3.2 sink is down\r\n").await;
+            return;
+        }
+        let _ = write.write_all(b"220 sink.test ESMTP\r\n").await;
+        let mut rcpt = Vec::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            if down() {
+                let _ = write.write_all(b"421 4.3.2 sink is down\r\n").await;
+                return;
+            }
+            let upper = line.trim_end().to_ascii_uppercase();
+            let reply: &[u8] = if upper.starts_with("EHLO") {
+                b"250-sink.test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
+            } else if upper.starts_with("HELO") || upper.starts_with("MAIL FROM") || upper == "NOOP" {
+                b"250 2.0.0 ok\r\n"
+            } else if upper.starts_with("RSET") {
+                rcpt.clear();
+                b"250 2.0.0 ok\r\n"
+            } else if upper.starts_with("RCPT TO:") {
+                let addr = line.trim_end()[8..].trim().trim_start_matches('<');
+                rcpt.push(addr.split('>').next().unwrap_or_default().to_ascii_lowercase());
+                b"250 2.1.5 ok\r\n"
+            } else if upper == "DATA" {
+                let _ = write.write_all(b"354 go ahead\r\n").await;
+                let mut data = Vec::new();
+                loop {
+                    line.clear();
+                    if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == ".\r\n" || line == ".\n" {
+                        break;
+                    }
+                    let body = line.strip_prefix('.').unwrap_or(&line);
+                    data.extend_from_slice(body.as_bytes());
+                }
+                let delay = *self.delay.lock().unwrap();
+                tokio::time::sleep(delay).await;
+                if down() {
+                    let _ = write.write_all(b"421 4.3.2 sink is down\r\n").await;
+                    return;
+                }
+                self.messages.lock().unwrap().push(Received {
+                    rcpt: std::mem::take(&mut rcpt),
+                    data,
+                });
+                b"250 2.0.0 queued\r\n"
+            } else if upper == "QUIT" {
+                let _ = write.write_all(b"221 2.0.0 bye\r\n").await;
+                return;
+            } else {
+                b"502 5.5.2 not implemented\r\n"
+            };
+            if write.write_all(reply).await.is_err() {
+                return;
+            }
+        }
+    }
+}
