@@ -138,8 +138,13 @@ pub async fn run(app: Arc<App>) -> Result<(), String> {
     info!(addr = %app.settings.http.addr, "HTTP listening");
     let server = tokio::spawn(http::serve(app.clone(), listener));
     tokio::spawn(signals(app.clone()));
+    let flushing = tokio::spawn(crate::digest::run_periodically(
+        app.clone(),
+        app.settings.digest.check_every,
+    ));
     consume::run(app.clone()).await;
     app.shutdown.cancel();
+    let _ = flushing.await;
     if let Ok(Err(e)) = server.await {
         error!(error = %e, "HTTP server failed");
     }

@@ -124,6 +124,8 @@ pub struct Http {
     pub addr: String,
     /// HS256 key of the Action Center API's bearer tokens; empty disables the API (401).
     pub jwt_secret: Secret,
+    /// Bearer token of the notification log API (operators); empty disables it (401).
+    pub admin_token: Secret,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -138,6 +140,16 @@ pub struct Retry {
     pub initial_backoff: Duration,
     #[serde(with = "duration")]
     pub max_backoff: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Digest {
+    /// How often the worker looks for digests that are due.
+    #[serde(with = "duration")]
+    pub check_every: Duration,
+    /// How long a flush may hold a claim before another flush takes it over.
+    #[serde(with = "duration")]
+    pub lease: Duration,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -163,6 +175,7 @@ pub struct Settings {
     pub http: Http,
     pub rules: Rules,
     pub retry: Retry,
+    pub digest: Digest,
     pub log: Log,
 }
 
@@ -250,6 +263,12 @@ impl Settings {
         }
         if let Err(e) = self.http.addr.parse::<SocketAddr>() {
             errors.push(format!("http.addr `{}` is not HOST:PORT: {e}", self.http.addr));
+        }
+        if self.digest.check_every.is_zero() {
+            errors.push("digest.check_every must be longer than zero".into());
+        }
+        if self.digest.lease < Duration::from_secs(1) {
+            errors.push("digest.lease must be at least 1s".into());
         }
         if self.retry.max_attempts == 0 {
             errors.push("retry.max_attempts must be at least 1".into());

@@ -32,6 +32,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/action-center/unread-count", get(unread))
         .route("/api/v1/action-center/entries/read", post(read_all))
         .route("/api/v1/action-center/entries/{id}/read", post(read_one))
+        .route("/api/v1/log", get(notification_log))
         .with_state(app)
 }
 
@@ -154,6 +155,70 @@ async fn read_one(State(app): State<Arc<App>>, User(user): User, Path(id): Path<
 async fn read_all(State(app): State<Arc<App>>, User(user): User) -> Response {
     match app.store.mark_read(&user, None).await {
         Ok(n) => Json(json!({"marked": n})).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// An operator: the bearer token equals `http.admin_token`.
+pub struct Operator;
+
+impl FromRequestParts<Arc<App>> for Operator {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        let expected = &app.settings.http.admin_token;
+        if expected.is_empty() {
+            return Err(unauthorized("the notification log API is not configured"));
+        }
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| unauthorized("a bearer token is required"))?;
+        // Compare in constant time: the token is a shared secret.
+        let (a, b) = (token.trim().as_bytes(), expected.expose().as_bytes());
+        let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+        if same {
+            Ok(Operator)
+        } else {
+            Err(unauthorized("invalid token"))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    event: Option<String>,
+    recipient: Option<String>,
+}
+
+/// `GET /api/v1/log?event=ID` or `?recipient=EMAIL`: why did (or didn't) they get it.
+async fn notification_log(State(app): State<Arc<App>>, _: Operator, Query(q): Query<LogQuery>) -> Response {
+    let rows = match (q.event.as_deref(), q.recipient.as_deref()) {
+        (Some(id), None) if !id.trim().is_empty() => app.store.log_for_event(id.trim()).await,
+        (None, Some(email)) if email.contains('@') => app.store.log_for_recipient(email.trim(), 500).await,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "give exactly one of `event` (an event id) or `recipient` (an email address)"})),
+            )
+                .into_response();
+        }
+    };
+    match rows {
+        Ok(rows) => {
+            let rules = app.active().rules.clone();
+            let entries: Vec<_> = rows
+                .iter()
+                .map(|r| {
+                    let mut v = serde_json::to_value(r).unwrap_or_default();
+                    v["suppressed_by"] = json!(crate::cli::ops::suppressing(&r.rules, &rules));
+                    v
+                })
+                .collect();
+            Json(json!({ "entries": entries })).into_response()
+        }
         Err(e) => internal(e),
     }
 }

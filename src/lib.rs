@@ -11,6 +11,7 @@
 //! - [`store`]: the plan is made durable (idempotency, state, notification log).
 //! - [`dispatch`]: rendered through the [`dispatch::Renderer`] seam, out by email and Action Center.
 //! - [`flow`]: those steps in order for one event; [`app`] builds and runs it all.
+//! - [`digest`]: held deliveries, claimed per recipient and sent as one digest.
 //!
 //! Around the flow: [`config`] (settings), [`error`] (dispositions),
 //! [`telemetry`] (logs, metrics), [`http`] (health, metrics, Action Center API),
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod consume;
 pub mod decode;
+pub mod digest;
 pub mod directory;
 pub mod dispatch;
 pub mod error;

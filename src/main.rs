@@ -39,6 +39,25 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Digests of held leads.
+    Digest {
+        #[command(subcommand)]
+        command: DigestCommand,
+    },
+    /// Why did (or didn't) someone get something: the notification log.
+    Log {
+        /// Every planned delivery of this event.
+        #[arg(long, conflicts_with = "recipient", required_unless_present = "recipient")]
+        event: Option<String>,
+        /// Everything planned for this email address, newest first.
+        #[arg(long)]
+        recipient: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Check or test the routing rules.
     Rules {
         #[command(subcommand)]
@@ -66,6 +85,15 @@ enum Command {
         /// This event's position among the day's counted items (11 = the 11th lead).
         #[arg(long)]
         digest_position: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DigestCommand {
+    /// Send every held digest now, due or not. Safe beside running workers.
+    Flush {
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -106,6 +134,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     app::run(app).await
                 })
                 .map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Digest {
+            command: DigestCommand::Flush { config },
+        } => {
+            let settings = Settings::load(config.as_deref())?;
+            telemetry::init_logs(&settings.log);
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let outcome = runtime.block_on(async {
+                let factory = dispatch::plain_factory(settings.mail.portal_url.clone());
+                let app = App::build(settings, factory).await?;
+                cli::ops::digest_flush(&app).await
+            });
+            match outcome {
+                Ok(summary) => {
+                    println!("{summary}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Log {
+            event,
+            recipient,
+            json,
+            config,
+        } => {
+            let settings = Settings::load(config.as_deref())?;
+            let query = match (event, recipient) {
+                (Some(id), _) => cli::ops::LogQuery::Event(id),
+                (None, Some(email)) => cli::ops::LogQuery::Recipient(email),
+                (None, None) => anyhow::bail!("give --event ID or --recipient EMAIL"),
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let (text, rows) = runtime
+                .block_on(async {
+                    let factory = dispatch::plain_factory(settings.mail.portal_url.clone());
+                    let app = App::build(settings, factory).await?;
+                    cli::ops::log(&app, &query).await
+                })
+                .map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows).context("printing the log")?);
+            } else {
+                print!("{text}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Publish { files, config } => {

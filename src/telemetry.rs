@@ -33,6 +33,7 @@ pub struct Metrics {
     pub latency: Histogram,
     pub rules: IntGaugeVec,
     pub broker_connected: IntGauge,
+    pub digests: IntCounterVec,
 }
 
 impl Metrics {
@@ -67,6 +68,11 @@ impl Metrics {
             "router_dead_lettered_total",
             "Messages sent to the dead-letter queue, by reason.",
             &["reason"],
+        );
+        let digests = counter_vec(
+            "router_digests_total",
+            "Digest emails by outcome: sent, or failed (retried at a later flush).",
+            &["outcome"],
         );
         let retries = counter("router_retries_total", "Transient failures retried after a backoff.");
         let settled = counter_vec(
@@ -109,6 +115,7 @@ impl Metrics {
             latency,
             rules,
             broker_connected,
+            digests,
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod explain;
 pub mod fixtures;
+pub mod ops;
 pub mod publish;
 
 use std::path::Path;

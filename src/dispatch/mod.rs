@@ -36,6 +36,9 @@ pub struct ActionCenterContent {
 pub trait Renderer: Send + Sync {
     fn email(&self, event: &Event, delivery: &Delivery) -> Result<EmailContent, String>;
     fn action_center(&self, event: &Event, delivery: &Delivery) -> Result<ActionCenterContent, String>;
+    /// One digest email: `digest` addresses it (its notification, template and
+    /// recipient); `items` are the held deliveries it lists, with their events.
+    fn digest(&self, digest: &Delivery, items: &[(Event, Delivery)]) -> Result<EmailContent, String>;
 }
 
 /// Builds the renderer for a rule set (at start and on every reload); an

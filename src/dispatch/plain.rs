@@ -223,6 +223,42 @@ impl Renderer for PlainRenderer {
             link: format!("{}{}", self.portal_url, f.path),
         })
     }
+
+    fn digest(&self, digest: &Delivery, items: &[(Event, Delivery)]) -> Result<EmailContent, String> {
+        let title = self.title(digest);
+        let tz = digest.recipient.time_zone.as_deref();
+        let greeting = format!("Hello {},", digest.recipient.name);
+        let mut text = format!("{greeting}\n\n{title}: {} in all\n", items.len());
+        let mut html = format!(
+            "<!DOCTYPE html><html><body style=\"font-family:Segoe UI,Arial,sans-serif\"><p>{}</p>\
+             <h1 style=\"font-size:18px\">{}: {}</h1>",
+            escape_html(&greeting),
+            escape_html(&title),
+            items.len()
+        );
+        for (event, _) in items {
+            let f = facts(event, tz);
+            let link = format!("{}{}", self.portal_url, f.path);
+            let _ = write!(text, "\n- {}\n", f.name);
+            let _ = write!(html, "<h2 style=\"font-size:15px\">{}</h2><ul>", escape_html(&f.name));
+            for (label, value) in &f.lines {
+                let _ = writeln!(text, "  {label}: {value}");
+                let _ = write!(html, "<li>{}: {}</li>", escape_html(label), escape_html(value));
+            }
+            let _ = writeln!(text, "  Open: {link}");
+            let _ = write!(
+                html,
+                "</ul><p><a href=\"{}\">Open in Partner Center</a></p>",
+                escape_html(&link)
+            );
+        }
+        html.push_str("</body></html>");
+        Ok(EmailContent {
+            subject: format!("{title}: {}", items.len()),
+            html,
+            text,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,8 @@ pub enum LogStatus {
     Suppressed,
     /// Given up for good (a permanent SMTP refusal, a rendering error).
     Failed,
+    /// Held, then sent as part of a digest (the log row names it).
+    Digested,
 }
 
 impl LogStatus {
@@ -57,6 +59,7 @@ impl LogStatus {
             LogStatus::Held => "held",
             LogStatus::Suppressed => "suppressed",
             LogStatus::Failed => "failed",
+            LogStatus::Digested => "digested",
         }
     }
 
@@ -67,6 +70,7 @@ impl LogStatus {
             "held" => LogStatus::Held,
             "suppressed" => LogStatus::Suppressed,
             "failed" => LogStatus::Failed,
+            "digested" => LogStatus::Digested,
             _ => return None,
         })
     }
@@ -105,6 +109,56 @@ pub struct ActionCenterEntry {
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub read: bool,
+}
+
+/// Held deliveries waiting for one recipient's digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldGroup {
+    pub key: DigestKey,
+    /// The lower-cased recipient email.
+    pub recipient: String,
+    /// When the oldest of them was held.
+    pub oldest: DateTime<Utc>,
+    pub items: u32,
+}
+
+/// One held lead in a claimed digest.
+#[derive(Clone, Debug)]
+pub struct HeldItem {
+    pub log_id: i64,
+    pub event: Event,
+    pub delivery: crate::route::Delivery,
+}
+
+/// A digest this worker has claimed and must now send.
+#[derive(Clone, Debug)]
+pub struct DigestClaim {
+    /// Stable for the same group and items, so a retried send keeps its Message-ID.
+    pub id: String,
+    pub key: DigestKey,
+    pub recipient: String,
+    pub items: Vec<HeldItem>,
+    /// 1 for a first claim; more when a claim was taken over or retried.
+    pub attempt: u32,
+}
+
+/// One row of the notification log: what happened to one planned delivery.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LogEntry {
+    pub event_id: String,
+    pub event_type: String,
+    pub notification: String,
+    pub channel: String,
+    pub recipient: String,
+    pub status: LogStatus,
+    /// The rules that decided it; for `suppressed`, the suppressing rules follow the planning one.
+    pub rules: Vec<String>,
+    pub message_id: Option<String>,
+    pub digest_id: Option<String>,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// Computes the plan once the digest positions of this event are known.
@@ -150,6 +204,30 @@ pub trait Store: Send + Sync {
 
     /// Marks the user's entries read (one, or all when `id` is `None`); returns how many changed.
     async fn mark_read(&self, user: &str, id: Option<&str>) -> Result<u64, StoreError>;
+
+    /// Recipients with held deliveries not yet in a sent digest.
+    async fn held_groups(&self) -> Result<Vec<HeldGroup>, StoreError>;
+
+    /// Claims one recipient's held deliveries for a digest until `lease_until`.
+    /// An open claim whose lease ran out (its worker died) is taken over as the
+    /// same digest; one still leased to another worker gives `None`, as does a
+    /// group with nothing left to send.
+    async fn claim_digest(
+        &self,
+        group: &HeldGroup,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<DigestClaim>, StoreError>;
+
+    /// The digest went out: its items are digested, in the log too.
+    async fn digest_sent(&self, digest_id: &str, message_id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// The notification log of one event.
+    async fn log_for_event(&self, event_id: &str) -> Result<Vec<LogEntry>, StoreError>;
+
+    /// The notification log of one recipient, newest first.
+    async fn log_for_recipient(&self, email: &str, limit: u32) -> Result<Vec<LogEntry>, StoreError>;
 }
 
 /// Opens the store named by a `store.url`.

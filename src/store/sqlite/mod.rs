@@ -11,9 +11,13 @@ use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, Transaction};
 
+mod digests;
 mod entries;
 
-use super::{ActionCenterEntry, Admission, OutboxItem, Planner, Store, StoreError, StoredDelivery};
+use super::{
+    ActionCenterEntry, Admission, DigestClaim, HeldGroup, LogEntry, OutboxItem, Planner, Store, StoreError,
+    StoredDelivery,
+};
 use crate::decode::decode_structured;
 use crate::directory::Directory;
 use crate::event::{Event, EventData};
@@ -261,7 +265,8 @@ impl Store for SqliteStore {
                 && delivery.decision == Decision::Hold
             {
                 sqlx::query(
-                    "INSERT INTO held (log_id, counter, partner, day, recipient, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO held (log_id, counter, partner, day, recipient, created_at, event_json)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(log_id)
                 .bind(&key.counter)
@@ -269,6 +274,7 @@ impl Store for SqliteStore {
                 .bind(key.day.to_string())
                 .bind(delivery.recipient.email.key())
                 .bind(&now)
+                .bind(cloudevent_json(event))
                 .execute(&mut *tx)
                 .await?;
             }
@@ -337,6 +343,32 @@ impl Store for SqliteStore {
 
     async fn mark_read(&self, user: &str, id: Option<&str>) -> Result<u64, StoreError> {
         entries::mark_read(&self.writer, user, id).await
+    }
+
+    async fn held_groups(&self) -> Result<Vec<HeldGroup>, StoreError> {
+        digests::groups(&self.writer).await
+    }
+
+    async fn claim_digest(
+        &self,
+        group: &HeldGroup,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<DigestClaim>, StoreError> {
+        digests::claim(&self.writer, group, worker, now, lease_until).await
+    }
+
+    async fn digest_sent(&self, digest_id: &str, message_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        digests::sent(&self.writer, digest_id, message_id, now).await
+    }
+
+    async fn log_for_event(&self, event_id: &str) -> Result<Vec<LogEntry>, StoreError> {
+        digests::log_for_event(&self.reader, event_id).await
+    }
+
+    async fn log_for_recipient(&self, email: &str, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
+        digests::log_for_recipient(&self.reader, email, limit).await
     }
 }
 

@@ -1,0 +1,103 @@
+//! The operator's commands that read or act on the store: `digest flush`
+//! and `log`. Both run beside live workers; the store keeps them safe.
+
+use std::fmt::Write;
+
+use crate::app::App;
+use crate::digest::{Flusher, Scope, SystemClock, hostname};
+use crate::route::RuleSet;
+use crate::store::LogEntry;
+
+/// Flushes every held digest now (due or not) and says what it did.
+pub async fn digest_flush(app: &App) -> Result<String, String> {
+    let active = app.active();
+    let dir = app.directory().clone();
+    let worker = format!("flush-{}-{}", hostname(), std::process::id());
+    let flusher = Flusher {
+        store: &*app.store,
+        rules: &active.rules,
+        renderer: &*active.renderer,
+        directory: &dir,
+        mailer: &app.mailer,
+        mail: &app.settings.mail,
+        clock: &SystemClock,
+        worker: &worker,
+        lease: app.settings.digest.lease,
+    };
+    let r = flusher.flush(Scope::All).await.map_err(|e| e.to_string())?;
+    let mut out = format!("digests sent: {}, leads digested: {}", r.digests_sent, r.leads_digested);
+    if r.busy > 0 {
+        let _ = write!(out, ", being flushed elsewhere: {}", r.busy);
+    }
+    if r.failed > 0 {
+        let _ = write!(out, ", failed (kept for the next flush): {}", r.failed);
+    }
+    if r.failed > 0 { Err(out) } else { Ok(out) }
+}
+
+/// Who it is about: one event, or one recipient.
+pub enum LogQuery {
+    Event(String),
+    Recipient(String),
+}
+
+/// The notification log as text: one line per planned delivery, saying what
+/// happened and which rules decided it.
+pub async fn log(app: &App, query: &LogQuery) -> Result<(String, Vec<LogEntry>), String> {
+    let rows = match query {
+        LogQuery::Event(id) => app.store.log_for_event(id).await,
+        LogQuery::Recipient(email) => app.store.log_for_recipient(email, 500).await,
+    }
+    .map_err(|e| e.to_string())?;
+    Ok((log_text(&rows, &app.active().rules), rows))
+}
+
+/// The rules among `ids` that suppress.
+pub fn suppressing<'a>(ids: &'a [String], rules: &RuleSet) -> Vec<&'a str> {
+    ids.iter()
+        .filter(|id| {
+            rules
+                .rules
+                .iter()
+                .any(|r| &r.id == *id && matches!(r.action, crate::route::rules::Action::Suppress(_)))
+        })
+        .map(String::as_str)
+        .collect()
+}
+
+/// Renders log rows for people.
+pub fn log_text(rows: &[LogEntry], rules: &RuleSet) -> String {
+    if rows.is_empty() {
+        return "no deliveries recorded\n".into();
+    }
+    let mut out = String::new();
+    for r in rows {
+        let why = match r.status {
+            crate::store::LogStatus::Suppressed => format!("suppressed by {}", suppressing(&r.rules, rules).join(", ")),
+            crate::store::LogStatus::Held => format!("held for a digest by {}", r.rules.join(", ")),
+            crate::store::LogStatus::Digested => format!(
+                "sent in digest {} ({})",
+                r.digest_id.as_deref().unwrap_or("?"),
+                r.message_id.as_deref().unwrap_or("?")
+            ),
+            crate::store::LogStatus::Sent => format!(
+                "sent ({}) by {}",
+                r.message_id.as_deref().unwrap_or("?"),
+                r.rules.join(", ")
+            ),
+            crate::store::LogStatus::Failed => format!("failed: {}", r.error.as_deref().unwrap_or("?")),
+            crate::store::LogStatus::Pending => format!("pending after {} attempt(s)", r.attempts),
+        };
+        let _ = writeln!(
+            out,
+            "{}  {:<12} {:<32} {:<13} {:<32} {}",
+            r.created_at.format("%Y-%m-%d %H:%M:%S"),
+            r.event_id,
+            r.notification,
+            r.channel,
+            r.recipient,
+            why
+        );
+    }
+    out
+}
