@@ -127,6 +127,16 @@ pub fn build(
         let name = HeaderName::new_from_ascii("List-Unsubscribe".into()).map_err(|e| bad("header", &e))?;
         builder = builder.raw_header(HeaderValue::new(name, format!("<{}>", mail.unsubscribe_url)));
     }
+    // What it is and what caused it, for mail filters and support: both are
+    // identifiers (checked at decode and load), never free text.
+    for (header, value) in [
+        ("X-Router-Notification", delivery.notification.as_str()),
+        ("X-Router-Event", event_id),
+    ] {
+        let name = HeaderName::new_from_ascii(header.into()).map_err(|e| bad("header", &e))?;
+        let value: String = value.chars().filter(|c| !c.is_control()).collect();
+        builder = builder.raw_header(HeaderValue::new(name, value));
+    }
     let message = builder
         .multipart(MultiPart::alternative_plain_html(
             content.text.clone(),

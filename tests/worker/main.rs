@@ -2,6 +2,7 @@
 //! machine's RabbitMQ, a real SMTP server over TCP and its own SQLite file.
 
 mod action_center;
+mod digest;
 mod failures;
 mod mail;
 mod operations;

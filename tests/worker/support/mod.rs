@@ -181,6 +181,30 @@ impl Worker {
         }
     }
 
+    /// Runs another `referral-router` command (`digest flush`, `log ...`) on this worker's settings.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.cli_command(args).output().expect("run the router")
+    }
+
+    /// The same, started in the background.
+    pub fn spawn_cli(&self, args: &[&str]) -> Child {
+        self.cli_command(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the router")
+    }
+
+    fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_referral-router"));
+        cmd.args(args)
+            .current_dir(self.log.parent().unwrap())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("ROUTER__LOG__LEVEL", "warn")
+            .stdin(Stdio::null());
+        cmd
+    }
+
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([format!("-{name}"), self.child.id().to_string()])

@@ -30,6 +30,9 @@ pub struct SmtpSink {
     messages: Arc<Mutex<Vec<Received>>>,
     down: Arc<AtomicBool>,
     delay: Arc<Mutex<Duration>>,
+    /// While set, `MAIL FROM` is not answered: a client stuck here has sent no message yet.
+    stall: Arc<AtomicBool>,
+    stalled: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SmtpSink {
@@ -41,6 +44,8 @@ impl SmtpSink {
             messages: Arc::default(),
             down: Arc::default(),
             delay: Arc::default(),
+            stall: Arc::default(),
+            stalled: Arc::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -56,6 +61,16 @@ impl SmtpSink {
     }
 
     /// Makes the server slow to accept each message's data.
+    /// Holds every client at `MAIL FROM` (before any message is sent) until cleared.
+    pub fn set_stall(&self, stall: bool) {
+        self.stall.store(stall, Ordering::SeqCst);
+    }
+
+    /// How many clients have waited at a stalled `MAIL FROM`.
+    pub fn stalled(&self) -> usize {
+        self.stalled.load(Ordering::SeqCst)
+    }
+
     pub fn set_delay(&self, delay: Duration) {
         *self.delay.lock().unwrap() = delay;
     }
@@ -99,6 +114,12 @@ impl SmtpSink {
             let upper = line.trim_end().to_ascii_uppercase();
             let reply: &[u8] = if upper.starts_with("EHLO") {
                 b"250-sink.test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
+            } else if upper.starts_with("MAIL FROM") && self.stall.load(Ordering::SeqCst) {
+                self.stalled.fetch_add(1, Ordering::SeqCst);
+                while self.stall.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                b"250 2.0.0 ok\r\n"
             } else if upper.starts_with("HELO") || upper.starts_with("MAIL FROM") || upper == "NOOP" {
                 b"250 2.0.0 ok\r\n"
             } else if upper.starts_with("RSET") {

@@ -1,0 +1,330 @@
+//! The digest end to end: counting by the partner's own day, ten individual
+//! emails then digests holding exactly the rest, a flush that dies and is
+//! taken over, and suppression by terminal state, with the log saying why.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::support::{self, Broker, SmtpSink, Worker, example};
+
+const RECIPIENTS: [&str; 3] = [
+    "dana@fabrikam.example",
+    "gina@fabrikam.example",
+    "sales@fabrikam.example",
+];
+
+/// A Contact-me lead for Fabrikam (Los Angeles) at `time`, its company named `company`.
+fn lead(n: usize, time: &str, company: &str) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(&example("lead.created.contact_me.json")).unwrap();
+    v["id"] = format!("evt-lead-{n}").into();
+    v["time"] = time.into();
+    v["data"]["lead"]["id"] = format!("lead-{n}").into();
+    v["data"]["lead"]["customer"]["company"] = company.into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn header(mail: &support::smtp::Received, name: &str) -> String {
+    mail.parsed().header_raw(name).unwrap_or_default().trim().to_string()
+}
+
+/// Per recipient: the companies emailed one by one, and the companies in each digest.
+fn sorted_mail(smtp: &SmtpSink) -> BTreeMap<String, (Vec<String>, Vec<Vec<String>>)> {
+    let mut out: BTreeMap<String, (Vec<String>, Vec<Vec<String>>)> = BTreeMap::new();
+    for mail in smtp.messages() {
+        let parsed = mail.parsed();
+        let text = parsed.body_text(0).unwrap_or_default().to_string();
+        let companies: Vec<String> = text
+            .split(|c: char| !c.is_alphanumeric() && c != '-')
+            .filter(|w| w.starts_with("Company-"))
+            .map(str::to_string)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let entry = out.entry(mail.rcpt.join(",")).or_default();
+        match header(&mail, "X-Router-Notification").as_str() {
+            "lead-generated" => entry.0.extend(companies),
+            "leads-digest" => entry.1.push(companies),
+            other => panic!("unexpected notification {other}"),
+        }
+    }
+    out
+}
+
+async fn start(name: &str, extra: &[(&str, &str)]) -> (Broker, SmtpSink, Worker) {
+    let mut env = vec![("ROUTER__DIGEST__CHECK_EVERY", "1h"), ("ROUTER__DIGEST__LEASE", "2s")];
+    env.extend_from_slice(extra);
+    support::start(name, &env).await
+}
+
+fn flush(worker: &Worker) -> String {
+    let out = worker.cli(&["digest", "flush"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "digest flush failed: {text}\nworker log:\n{}",
+        worker.logs()
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_five_leads_give_ten_emails_then_digests_of_exactly_the_other_fifteen() {
+    let _gate = support::shared().await;
+    // Eight at once: positions must still be exact.
+    let (broker, smtp, worker) = start(
+        "digest25",
+        &[("ROUTER__AMQP__PREFETCH", "32"), ("ROUTER__AMQP__CONCURRENCY", "8")],
+    )
+    .await;
+    let dir = support::directory_events().len();
+    for n in 1..=25 {
+        // 09:00 to 09:48 in Los Angeles on 20 November.
+        let time = format!("2026-11-20T17:{:02}:00Z", n * 2 - 2);
+        broker.publish(&lead(n, &time, &format!("Company-{n:02}"))).await;
+    }
+    worker.wait_settled(dir + 25, Duration::from_secs(60)).await;
+    smtp.wait_for(30, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        smtp.messages().len(),
+        30,
+        "ten individual emails for each of three recipients"
+    );
+    assert_eq!(
+        worker
+            .metric("router_deliveries_total{channel=\"action_center\",outcome=\"sent\"}")
+            .await,
+        75.0,
+        "an Action Center entry for every lead and recipient, digested or not"
+    );
+
+    assert!(flush(&worker).contains("digests sent: 3, leads digested: 45"));
+    let all: BTreeSet<String> = (1..=25).map(|n| format!("Company-{n:02}")).collect();
+    let mail = sorted_mail(&smtp);
+    assert_eq!(mail.len(), 3);
+    for recipient in RECIPIENTS {
+        let (single, digests) = &mail[recipient];
+        assert_eq!(single.len(), 10, "{recipient}: {single:?}");
+        assert_eq!(digests.len(), 1, "{recipient}: one digest per flush");
+        assert_eq!(digests[0].len(), 15, "{recipient}: {:?}", digests[0]);
+        let mut seen: BTreeSet<String> = single.iter().cloned().collect();
+        for c in &digests[0] {
+            assert!(seen.insert(c.clone()), "{recipient}: {c} both alone and in the digest");
+        }
+        assert_eq!(seen, all, "{recipient}: every lead exactly once");
+    }
+
+    // Nothing is left: a second flush sends nothing, and the log says where each lead went.
+    assert!(flush(&worker).contains("digests sent: 0"));
+    assert_eq!(smtp.messages().len(), 33);
+    let out = worker.cli(&["log", "--recipient", "Dana@Fabrikam.example", "--json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("log JSON");
+    let count = |channel: &str, status: &str| {
+        rows.iter()
+            .filter(|r| r["channel"] == channel && r["status"] == status)
+            .count()
+    };
+    assert_eq!(count("email", "sent"), 10);
+    assert_eq!(count("email", "digested"), 15);
+    assert_eq!(count("email", "held"), 0);
+    assert_eq!(count("action_center", "sent"), 25);
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leads_count_into_the_partners_own_day_not_utcs() {
+    let _gate = support::shared().await;
+    let (broker, smtp, worker) = start("digestday", &[]).await;
+    let dir = support::directory_events().len();
+    // Twelve leads late on 20 November in Los Angeles (07:00-07:55 UTC on the 21st),
+    // then three early on the 21st there (08:00-08:20 UTC). In UTC all fifteen
+    // would share one day and five would be held; in Los Angeles two are.
+    for n in 1..=12 {
+        broker
+            .publish(&lead(
+                n,
+                &format!("2026-11-21T07:{:02}:00Z", n * 4 - 4),
+                &format!("Company-{n:02}"),
+            ))
+            .await;
+    }
+    for n in 13..=15 {
+        broker
+            .publish(&lead(
+                n,
+                &format!("2026-11-21T08:{:02}:00Z", (n - 13) * 10),
+                &format!("Company-{n:02}"),
+            ))
+            .await;
+    }
+    worker.wait_settled(dir + 15, Duration::from_secs(60)).await;
+    smtp.wait_for(39, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(flush(&worker).contains("digests sent: 3, leads digested: 6"));
+    let mail = sorted_mail(&smtp);
+    for recipient in RECIPIENTS {
+        let (single, digests) = &mail[recipient];
+        assert_eq!(
+            single.len(),
+            13,
+            "{recipient}: ten of the 20th and all three of the 21st"
+        );
+        assert_eq!(digests.len(), 1);
+        assert_eq!(digests[0].len(), 2, "{recipient}: the 11th and 12th of the 20th");
+        for early in ["Company-13", "Company-14", "Company-15"] {
+            assert!(
+                single.iter().any(|c| c == early),
+                "{recipient}: {early} is in a new day"
+            );
+        }
+    }
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_killed_mid_send_is_taken_over_and_every_lead_arrives_once() {
+    let _gate = support::shared().await;
+    let (broker, smtp, worker) = start("digestcrash", &[]).await;
+    let dir = support::directory_events().len();
+    for n in 1..=13 {
+        broker
+            .publish(&lead(n, "2026-11-20T18:00:00Z", &format!("Company-{n:02}")))
+            .await;
+    }
+    worker.wait_settled(dir + 13, Duration::from_secs(60)).await;
+    smtp.wait_for(30, Duration::from_secs(30)).await;
+
+    // A flush claims a digest, connects, and is killed before its message is sent.
+    smtp.set_stall(true);
+    let mut doomed = worker.spawn_cli(&["digest", "flush"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while smtp.stalled() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flush never reached the mail server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    smtp.set_stall(false);
+
+    // While its lease runs, the killed flush's digest is left alone...
+    let early = flush(&worker);
+    assert!(early.contains("being flushed elsewhere: 1"), "{early}");
+    // ...and once it has run out, it is taken over.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert!(flush(&worker).contains("digests sent: 1, leads digested: 3"));
+
+    let digests: Vec<_> = smtp
+        .messages()
+        .into_iter()
+        .filter(|m| header(m, "X-Router-Notification") == "leads-digest")
+        .collect();
+    assert_eq!(digests.len(), 3, "one digest per recipient, none twice");
+    let mail = sorted_mail(&smtp);
+    for recipient in RECIPIENTS {
+        let (single, d) = &mail[recipient];
+        assert_eq!(single.len(), 10);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].len(), 3, "{recipient}: leads 11 to 13");
+    }
+    let ids: BTreeSet<String> = digests.iter().map(|m| header(m, "Message-ID")).collect();
+    assert_eq!(ids.len(), 3, "distinct digests have distinct Message-IDs");
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_flushes_a_finished_day_by_itself() {
+    let _gate = support::shared().await;
+    let (broker, smtp, worker) = start("digestauto", &[("ROUTER__DIGEST__CHECK_EVERY", "500ms")]).await;
+    let dir = support::directory_events().len();
+    // 10 November is long over in Los Angeles: the held lead is due at once.
+    for n in 1..=11 {
+        broker
+            .publish(&lead(n, "2026-11-10T18:00:00Z", &format!("Company-{n:02}")))
+            .await;
+    }
+    worker.wait_settled(dir + 11, Duration::from_secs(60)).await;
+    let all = smtp.wait_for(33, Duration::from_secs(30)).await;
+    assert_eq!(all.len(), 33, "30 single emails and 3 digests, no command needed");
+    let mail = sorted_mail(&smtp);
+    for recipient in RECIPIENTS {
+        assert_eq!(mail[recipient].0.len(), 10, "{recipient}");
+        assert_eq!(mail[recipient].1, [["Company-11".to_string()]], "{recipient}");
+    }
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_after_accepted_is_suppressed_and_the_log_names_the_rule() {
+    let _gate = support::shared().await;
+    let admin = "operator-token-for-tests";
+    let (broker, smtp, worker) = start("terminal", &[("ROUTER__HTTP__ADMIN_TOKEN", admin)]).await;
+    let dir = support::directory_events().len();
+    broker.publish(&example("cosell.opportunity.accepted.json")).await;
+    worker.wait_settled(dir + 1, Duration::from_secs(30)).await;
+    broker.publish(&example("cosell.opportunity.expiring.json")).await;
+    worker.wait_settled(dir + 2, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 1, "only the acceptance reached the sender");
+    assert_eq!(mails[0].rcpt, ["amy@fabrikam.example"]);
+
+    let out = worker.cli(&["log", "--event", "evt-1004"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "two admins, two channels:\n{text}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("suppressed by no-reminder-after-answer")),
+        "{text}"
+    );
+    assert!(
+        text.contains("cara@northwind.example") && text.contains("ida@northwind.example"),
+        "{text}"
+    );
+
+    let (status, body) = support::http(&worker.http, "GET", "/api/v1/log?event=evt-1004", Some(admin))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 4);
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["status"] == "suppressed"
+                && e["suppressed_by"] == serde_json::json!(["no-reminder-after-answer"]))
+    );
+    // The log API is for operators only, and checks its input.
+    let (status, _) = support::http(&worker.http, "GET", "/api/v1/log?event=evt-1004", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    let (status, _) = support::http(&worker.http, "GET", "/api/v1/log?event=evt-1004", Some("guess"))
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    let (status, _) = support::http(&worker.http, "GET", "/api/v1/log", Some(admin))
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    let (status, _) = support::http(
+        &worker.http,
+        "GET",
+        "/api/v1/log?event=x&recipient=a%40b.example",
+        Some(admin),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400);
+    broker.cleanup().await;
+}
