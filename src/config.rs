@@ -57,6 +57,8 @@ pub struct Amqp {
     pub prefetch: u16,
     pub concurrency: usize,
     pub delivery_limit: u32,
+    /// Larger messages are dead-lettered unread (`too_large`).
+    pub max_message_bytes: usize,
     #[serde(with = "duration")]
     pub reconnect_min: Duration,
     #[serde(with = "duration")]
@@ -225,6 +227,9 @@ impl Settings {
                 "amqp.concurrency must be between 1 and amqp.prefetch ({}), not {}",
                 self.amqp.prefetch, self.amqp.concurrency
             ));
+        }
+        if self.amqp.max_message_bytes < 1024 {
+            errors.push("amqp.max_message_bytes must be at least 1024".into());
         }
         if self.amqp.delivery_limit == 0 {
             errors.push("amqp.delivery_limit must be at least 1".into());

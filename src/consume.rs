@@ -134,7 +134,16 @@ async fn handle(app: Arc<App>, delivery: Delivery, _held: (OwnedSemaphorePermit,
     if delivery.redelivered {
         app.metrics.redelivered.inc();
     }
-    let outcome = match flow::decode_message(&delivery.properties, &delivery.data) {
+    let max = app.settings.amqp.max_message_bytes;
+    let decoded = if delivery.data.len() > max {
+        Err(crate::decode::DecodeError::TooLarge {
+            size: delivery.data.len(),
+            max,
+        })
+    } else {
+        flow::decode_message(&delivery.properties, &delivery.data)
+    };
+    let outcome = match decoded {
         Err(e) => ProcessError::Decode(e).disposition(),
         Ok(event) => {
             let span = info_span!("event", event_id = %event.id, event_type = %event.event_type);

@@ -10,6 +10,8 @@ use crate::event::{Event, EventData, EventId, EventType};
 /// Why a message is not a usable event. The text names the offending field.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DecodeError {
+    #[error("message of {size} bytes is over the limit of {max}")]
+    TooLarge { size: usize, max: usize },
     #[error("not JSON: {0}")]
     NotJson(String),
     #[error("not a CloudEvent: {0}")]
@@ -30,6 +32,7 @@ impl DecodeError {
     /// A short machine-readable reason, for the dead-letter header and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
+            DecodeError::TooLarge { .. } => "too_large",
             DecodeError::NotJson(_) => "not_json",
             DecodeError::NotCloudEvent(_) | DecodeError::SpecVersion(_) => "not_cloudevent",
             DecodeError::UnknownType(_) => "unknown_type",

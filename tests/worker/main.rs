@@ -4,6 +4,7 @@
 mod action_center;
 mod digest;
 mod failures;
+mod hostile;
 mod mail;
 mod operations;
 mod recovery;
