@@ -53,14 +53,15 @@ pub(super) fn load(dir: &Path, rules: &RuleSet, options: &RenderOptions) -> Resu
     let tree = source::read_tree(dir)?;
     let uses = uses(rules);
     let mut errors = completeness(dir, &tree, &uses);
-
-    let parsed = parse_all(&tree, &mut errors);
+    let mut syntax = Vec::new();
+    let parsed = parse_all(&tree, &mut syntax);
+    if !syntax.is_empty() {
+        errors.extend(syntax);
+        return Err(errors);
+    }
     let mut locales: BTreeSet<String> = tree.locale_partials.keys().cloned().collect();
     locales.extend(tree.notifications.values().flat_map(|l| l.keys().cloned()));
     locales.insert(DEFAULT_LOCALE.to_owned());
-    if !errors.is_empty() {
-        return Err(errors);
-    }
 
     // Every path each template names, for every way the rules use it.
     for (name, usages) in &uses.by {
