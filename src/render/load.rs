@@ -9,9 +9,9 @@ use handlebars::Handlebars;
 use handlebars::template::Template;
 
 use super::check::{self, Partials, Usage};
-use super::helpers;
 use super::source::{self, ACTION_CENTER_PARTS, EMAIL_PARTS, Kind, LINK_PART, Source, TemplateError, Tree};
 use super::{DEFAULT_LOCALE, Entry, Registries, RenderOptions, Templates};
+use super::{helpers, inline};
 use crate::event::Event;
 use crate::route::rules::{Action, Channel};
 use crate::route::{Decision, Delivery, Recipient, RuleSet};
@@ -218,6 +218,7 @@ fn build(
 ) -> Result<Templates, Vec<TemplateError>> {
     let mut errors = Vec::new();
     let mut registries = BTreeMap::new();
+    let mut sources = Vec::new();
     for locale in locales {
         let mut regs = Registries {
             html: registry(Kind::Html, portal_base_url),
@@ -231,18 +232,36 @@ fn build(
             if let Err(e) = reg.register_template_string(name, &source.compiled) {
                 errors.push(TemplateError::file(&source.file, format!("after inlining CSS: {e}")));
             }
+            sources.push(super::EngineSource {
+                locale: locale.clone(),
+                kind: match source.kind {
+                    Kind::Html => "html",
+                    Kind::Text => "text",
+                },
+                name: name.to_owned(),
+                source: source.compiled.clone(),
+            });
         };
         let own = tree.locale_partials.get(locale).into_iter().flatten();
         for ((name, _), source) in tree.shared_partials.iter().chain(own) {
             add(name, source);
         }
+        let mut parts = Vec::new();
         for (name, by_locale) in &tree.notifications {
             for (part, source) in by_locale.get(locale).into_iter().flatten() {
-                add(&format!("{name}/{part}"), source);
+                let name = format!("{name}/{part}");
+                add(&name, source);
+                parts.push((source.kind, name));
             }
         }
         for (name, source) in &tree.links {
             add(&format!("{name}/{LINK_PART}"), source);
+        }
+        for (kind, name) in parts {
+            match kind {
+                Kind::Html => inline::inline_partials(&mut regs.html, &name),
+                Kind::Text => inline::inline_partials(&mut regs.text, &name),
+            }
         }
         registries.insert(locale.clone(), regs);
     }
@@ -267,6 +286,7 @@ fn build(
         entries,
         registries,
         nonce: nonce(),
+        sources,
     })
 }
 

@@ -33,6 +33,7 @@
 
 pub mod check;
 pub mod helpers;
+mod inline;
 mod load;
 pub mod message;
 mod session;
@@ -139,6 +140,19 @@ pub struct Templates {
     /// Marks the per-recipient fields in a per-event render; random per set so
     /// no event text can forge one.
     nonce: String,
+    /// What each engine was given, for tools that render the same templates elsewhere.
+    sources: Vec<EngineSource>,
+}
+
+/// One template as registered with an engine (HTML with its CSS inlined).
+#[derive(Clone, Debug, Serialize)]
+pub struct EngineSource {
+    pub locale: String,
+    /// `html` (escaped) or `text`.
+    pub kind: &'static str,
+    /// `NOTIFICATION/PART` or a partial's name.
+    pub name: String,
+    pub source: String,
 }
 
 impl fmt::Debug for Templates {
@@ -190,6 +204,11 @@ impl Templates {
             .or_else(|| locales.iter().find(|l| l.split('-').next() == Some(language)))
             .or_else(|| locales.iter().find(|l| l.as_str() == DEFAULT_LOCALE))
             .map(String::as_str)
+    }
+
+    /// Every template as the engines hold it (the render benchmark gives these to handlebars.js).
+    pub fn engine_sources(&self) -> &[EngineSource] {
+        &self.sources
     }
 
     /// Starts rendering the deliveries of one event.

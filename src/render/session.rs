@@ -22,7 +22,8 @@ use crate::route::{Delivery, Recipient};
 pub struct Session<'t> {
     templates: &'t Templates,
     event: &'t Event,
-    base: Option<Value>,
+    /// The event as templates see it, built once; per-delivery fields are set in place.
+    context: Option<Context>,
     cache: HashMap<Key, Vec<Part>>,
 }
 
@@ -60,7 +61,7 @@ impl<'t> Session<'t> {
         Self {
             templates,
             event,
-            base: None,
+            context: None,
             cache: HashMap::new(),
         }
     }
@@ -124,16 +125,17 @@ impl<'t> Session<'t> {
             .unwrap_or(super::DEFAULT_LOCALE)
             .to_owned();
         let r = &delivery.recipient;
-        Ok(self.event_context(entry, delivery, &locale, r.name.clone(), r.email.to_string()))
+        let context = self.event_context(entry, delivery, &locale, r.name.clone(), r.email.to_string());
+        Ok(context.data().clone())
     }
 
-    fn event_context(&mut self, entry: &Entry, d: &Delivery, locale: &str, name: String, email: String) -> Value {
+    /// The shared context, with this delivery's fields set in place (no copy of the event).
+    fn event_context(&mut self, entry: &Entry, d: &Delivery, locale: &str, name: String, email: String) -> &Context {
         let event = self.event;
-        let base = self
-            .base
-            .get_or_insert_with(|| serde_json::to_value(event).unwrap_or(Value::Null));
-        let mut ctx = base.clone();
-        if let Some(obj) = ctx.as_object_mut() {
+        let context = self
+            .context
+            .get_or_insert_with(|| Context::from(serde_json::to_value(event).unwrap_or(Value::Null)));
+        if let Some(obj) = context.data_mut().as_object_mut() {
             obj.insert(
                 "recipient".into(),
                 recipient(name, email, d.recipient.time_zone.as_deref()),
@@ -142,19 +144,14 @@ impl<'t> Session<'t> {
             obj.insert("notification".into(), Value::String(entry.title.clone()));
             obj.insert("locale".into(), Value::String(locale.to_owned()));
         }
-        ctx
+        context
     }
 
     fn prepare(&mut self, key: &Key, entry: &Entry, delivery: &Delivery) -> Result<Vec<Part>, RenderError> {
-        let nonce = &self.templates.nonce;
-        let ctx = self.event_context(
-            entry,
-            delivery,
-            &key.locale,
-            marker(nonce, Slot::Name),
-            marker(nonce, Slot::Email),
-        );
-        let context = Context::from(ctx);
+        let templates = self.templates;
+        let nonce = &templates.nonce;
+        let (name, email) = (marker(nonce, Slot::Name), marker(nonce, Slot::Email));
+        let context = self.event_context(entry, delivery, &key.locale, name, email);
         let link = [(LINK_PART, Kind::Text)];
         let parts: Vec<(&str, Kind)> = match key.channel {
             Channel::Email => EMAIL_PARTS.to_vec(),
@@ -163,7 +160,7 @@ impl<'t> Session<'t> {
         parts
             .into_iter()
             .map(|(part, kind)| {
-                let out = render_part(self.templates, &key.locale, &key.template, part, kind, &context)?;
+                let out = render_part(templates, &key.locale, &key.template, part, kind, context)?;
                 Ok(split(&out, nonce, kind))
             })
             .collect()
