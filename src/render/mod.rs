@@ -1,5 +1,5 @@
 //! Render step (decode -> route -> **render** -> dispatch): a planned
-//! [`Delivery`] becomes words. Email gets a subject, an HTML body and a text
+//! [`Delivery`](crate::route::Delivery) becomes words. Email gets a subject, an HTML body and a text
 //! body; an Action Center entry gets a title, a body and a deep link.
 //!
 //! Template authors own `templates/` (see its README). Everything there is
@@ -36,6 +36,7 @@ pub mod helpers;
 mod inline;
 mod load;
 pub mod message;
+pub mod schema;
 mod session;
 pub mod source;
 
