@@ -1,5 +1,5 @@
 //! Build everything once, then run the consumer and the HTTP server until the
-//! one shutdown token fires (SIGTERM/SIGINT). SIGHUP reloads rules.
+//! one shutdown token fires (SIGTERM/SIGINT). SIGHUP reloads rules and templates.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -12,17 +12,17 @@ use crate::broker::Publisher;
 use crate::config::Settings;
 use crate::directory::Directory;
 use crate::dispatch::email::Mailer;
-use crate::dispatch::{Renderer, RendererFactory};
 use crate::event::Event;
+use crate::render::{Sender, Templates};
 use crate::route::RuleSet;
 use crate::store::{self, Store};
 use crate::telemetry::Metrics;
 use crate::{consume, http};
 
-/// The rule set and the renderer built for it; swapped together on reload.
+/// The rule set and the templates checked against it; swapped together on reload.
 pub struct Active {
     pub rules: Arc<RuleSet>,
-    pub renderer: Arc<dyn Renderer>,
+    pub templates: Arc<Templates>,
 }
 
 /// Everything the flow shares.
@@ -36,7 +36,8 @@ pub struct App {
     /// Directory events hold it exclusively, everything else shared, taken in
     /// queue order: a directory change is applied before later events route.
     pub order: Arc<tokio::sync::RwLock<()>>,
-    factory: RendererFactory,
+    /// Who the router's email comes from (validated at start).
+    pub sender: Sender,
     active: RwLock<Arc<Active>>,
     directory: RwLock<Directory>,
     in_flight: Mutex<HashSet<String>>,
@@ -58,16 +59,21 @@ impl Drop for Claim<'_> {
     }
 }
 
-fn load(settings: &Settings, factory: &RendererFactory) -> Result<Active, String> {
-    let rules = Arc::new(RuleSet::load_dir(&settings.rules.dir).map_err(|e| format!("rules: {e}"))?);
-    let renderer = factory(&rules).map_err(|e| format!("templates: {e}"))?;
-    Ok(Active { rules, renderer })
+fn load(settings: &Settings) -> Result<Active, String> {
+    let (rules, templates, examples) =
+        crate::render::load_serving_set(&settings.templates.dir, &settings.rules.dir, &settings.mail.portal_url)?;
+    info!(examples, "templates checked");
+    Ok(Active {
+        rules: Arc::new(rules),
+        templates: Arc::new(templates),
+    })
 }
 
 impl App {
     /// Opens the store, loads and checks rules, builds the mailer. Nothing connects to the broker yet.
-    pub async fn build(settings: Settings, factory: RendererFactory) -> Result<Arc<Self>, String> {
-        let active = load(&settings, &factory)?;
+    pub async fn build(settings: Settings) -> Result<Arc<Self>, String> {
+        let active = load(&settings)?;
+        let sender = settings.sender()?;
         let store = store::open(&settings.store.url).await.map_err(|e| e.to_string())?;
         let directory = store.load_directory().await.map_err(|e| e.to_string())?;
         let mailer = Mailer::from_settings(&settings.smtp)?;
@@ -82,7 +88,7 @@ impl App {
             metrics,
             shutdown: CancellationToken::new(),
             order: Arc::default(),
-            factory,
+            sender,
             active: RwLock::new(Arc::new(active)),
             directory: RwLock::new(directory),
             in_flight: Mutex::new(HashSet::new()),
@@ -119,10 +125,10 @@ impl App {
         }
     }
 
-    /// Reloads rules (and the renderer); a set that fails its check is
+    /// Reloads rules and templates; a set that fails its check is
     /// rejected and the serving set stays.
     pub fn reload(&self) -> Result<String, String> {
-        let active = load(&self.settings, &self.factory)?;
+        let active = load(&self.settings)?;
         let hash = active.rules.hash.clone();
         *self.active.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(active);
         self.metrics.set_rules(&hash);

@@ -136,6 +136,11 @@ pub struct Rules {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+pub struct Templates {
+    pub dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
 pub struct Retry {
     pub max_attempts: u32,
     #[serde(with = "duration")]
@@ -176,6 +181,7 @@ pub struct Settings {
     pub store: Store,
     pub http: Http,
     pub rules: Rules,
+    pub templates: Templates,
     pub retry: Retry,
     pub digest: Digest,
     pub log: Log,
@@ -197,6 +203,16 @@ impl Settings {
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// `mail.from` and `mail.reply_to` as mailboxes.
+    pub fn sender(&self) -> Result<crate::render::Sender, String> {
+        let from = self.mail.from.parse().map_err(|e| format!("mail.from: {e}"))?;
+        let reply_to = self.mail.reply_to.parse().map_err(|e| format!("mail.reply_to: {e}"))?;
+        Ok(crate::render::Sender {
+            from,
+            reply_to: Some(reply_to),
+        })
     }
 
     /// Every problem at once, each naming its key.

@@ -12,10 +12,11 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::directory::DirectoryView;
-use crate::dispatch::Renderer;
-use crate::dispatch::email::{self, Mailer, SendError};
-use crate::route::rules::{Action, Channel, DayBoundary, DigestPolicy};
-use crate::route::{Decision, Delivery, RuleSet};
+use crate::dispatch::email::{Mailer, SendError};
+use crate::event::EventId;
+use crate::render::{Sender, Templates, build_email, message_id};
+use crate::route::RuleSet;
+use crate::route::rules::{Action, DayBoundary, DigestPolicy};
 use crate::store::{DigestClaim, HeldGroup, Store, StoreError};
 
 /// Where "now" comes from, so tests can move time instead of waiting for it.
@@ -94,10 +95,11 @@ pub struct FlushReport {
 pub struct Flusher<'a> {
     pub store: &'a dyn Store,
     pub rules: &'a RuleSet,
-    pub renderer: &'a dyn Renderer,
+    pub templates: &'a Templates,
     pub directory: &'a (dyn DirectoryView + Sync),
     pub mailer: &'a Mailer,
     pub mail: &'a crate::config::Mail,
+    pub sender: &'a Sender,
     pub clock: &'a dyn Clock,
     /// Who is flushing, recorded on claims.
     pub worker: &'a str,
@@ -109,7 +111,7 @@ impl Flusher<'_> {
     pub async fn flush(&self, scope: Scope) -> Result<FlushReport, StoreError> {
         let mut report = FlushReport::default();
         for group in self.store.held_groups().await? {
-            let Some((rule, policy)) = policy(self.rules, &group.key.counter) else {
+            let Some((_, policy)) = policy(self.rules, &group.key.counter) else {
                 warn!(counter = %group.key.counter, "held items whose counter no rule defines; flushing them as they are");
                 continue;
             };
@@ -123,7 +125,7 @@ impl Flusher<'_> {
                 report.busy += 1;
                 continue;
             };
-            match self.send(&claim, rule, policy).await {
+            match self.send(&claim, policy).await {
                 Ok(message_id) => {
                     self.store.digest_sent(&claim.id, &message_id, self.clock.now()).await?;
                     report.digests_sent += 1;
@@ -141,31 +143,28 @@ impl Flusher<'_> {
         Ok(report)
     }
 
-    async fn send(&self, claim: &DigestClaim, rule: &str, policy: &DigestPolicy) -> Result<String, String> {
+    async fn send(&self, claim: &DigestClaim, policy: &DigestPolicy) -> Result<String, String> {
         let first = claim.items.first().ok_or("a digest with no items")?;
-        let digest = Delivery {
-            notification: policy.notification.clone(),
-            template: policy.template.clone(),
-            channel: Channel::Email,
-            recipient: first.delivery.recipient.clone(),
-            decision: Decision::Send,
-            rules: vec![rule.to_string()],
-            receiver: None,
-            digest: Some(claim.key.clone()),
-        };
-        let items: Vec<_> = claim
-            .items
-            .iter()
-            .map(|i| (i.event.clone(), i.delivery.clone()))
-            .collect();
-        let content = self.renderer.digest(&digest, &items)?;
-        let optional = self
+        let recipient = &first.delivery.recipient;
+        let leads: Vec<_> = claim.items.iter().map(|i| i.event.clone()).collect();
+        let email = self
+            .templates
+            .render_digest(&policy.template, recipient, &leads)
+            .map_err(|e| e.to_string())?;
+        let id = message_id(
+            &EventId::new(claim.id.clone()),
+            &policy.notification,
+            &recipient.email,
+            self.sender.from.email.domain(),
+        );
+        let unsubscribe = self
             .rules
             .notifications
             .get(&policy.notification)
-            .is_some_and(|n| n.optional);
-        let (message, id) =
-            email::build(self.mail, &claim.id, &digest, &content, optional).map_err(|e| e.to_string())?;
+            .is_some_and(|n| n.optional)
+            .then_some(self.mail.unsubscribe_url.as_str());
+        let message =
+            build_email(&email, self.sender, recipient, &id, unsubscribe, &claim.id).map_err(|e| e.to_string())?;
         match self.mailer.send(message).await {
             Ok(()) => Ok(id),
             Err(SendError::Transient(e) | SendError::Permanent(e)) => Err(e),
@@ -189,10 +188,11 @@ pub async fn run_periodically(app: Arc<crate::app::App>, every: Duration) {
             let flusher = Flusher {
                 store: &*app.store,
                 rules: &active.rules,
-                renderer: &*active.renderer,
+                templates: &active.templates,
                 directory: &dir,
                 mailer: &app.mailer,
                 mail: &app.settings.mail,
+                sender: &app.sender,
                 clock: &SystemClock,
                 worker: &worker,
                 lease: app.settings.digest.lease,

@@ -13,6 +13,7 @@ use crate::decode::{Attributes, DecodeError, decode_binary, decode_structured};
 use crate::dispatch::{action_center, email};
 use crate::error::ProcessError;
 use crate::event::{Event, EventId};
+use crate::render::{Rendered, Session, build_email, message_id};
 use crate::route::rules::Channel;
 use crate::route::{Decision, DigestKey, Plan, route};
 use crate::store::{Admission, OutboxItem};
@@ -105,8 +106,10 @@ pub async fn process(app: &App, event: &Event) -> Result<(), ProcessError> {
         }
     };
     app.metrics.routed.with_label_values(&[event.event_type.as_str()]).inc();
+    // One session per event: what all recipients share is rendered once.
+    let mut session = active.templates.session(event);
     for item in items {
-        dispatch(app, &active, event, item).await?;
+        dispatch(app, &active, event, &mut session, item).await?;
     }
     app.store.complete(event.id.as_str()).await?;
     Ok(())
@@ -134,7 +137,13 @@ fn log_plan(app: &App, plan: &Plan) {
     }
 }
 
-async fn dispatch(app: &App, active: &crate::app::Active, event: &Event, item: OutboxItem) -> Result<(), ProcessError> {
+async fn dispatch(
+    app: &App,
+    active: &crate::app::Active,
+    event: &Event,
+    session: &mut Session<'_>,
+    item: OutboxItem,
+) -> Result<(), ProcessError> {
     let d = &item.delivery;
     let channel = d.channel.to_string();
     let failed = |error: String| async move {
@@ -148,16 +157,24 @@ async fn dispatch(app: &App, active: &crate::app::Active, event: &Event, item: O
     };
     let sent_id = match d.channel {
         Channel::Email => {
-            let content = match active.renderer.email(event, d) {
-                Ok(c) => c,
+            let email = match session.render(d) {
+                Ok(Rendered::Email(e)) => e,
+                Ok(Rendered::ActionCenter(_)) => return Ok(failed("rendered for the wrong channel".into()).await?),
                 Err(e) => return Ok(failed(format!("rendering: {e}")).await?),
             };
-            let optional = active
+            let id = message_id(
+                &event.id,
+                &d.notification,
+                &d.recipient.email,
+                app.sender.from.email.domain(),
+            );
+            let unsubscribe = active
                 .rules
                 .notifications
                 .get(&d.notification)
-                .is_some_and(|n| n.optional);
-            let (message, id) = match email::build(&app.settings.mail, event.id.as_str(), d, &content, optional) {
+                .is_some_and(|n| n.optional)
+                .then_some(app.settings.mail.unsubscribe_url.as_str());
+            let message = match build_email(&email, &app.sender, &d.recipient, &id, unsubscribe, event.id.as_str()) {
                 Ok(m) => m,
                 Err(e) => return Ok(failed(e.to_string()).await?),
             };
@@ -171,8 +188,9 @@ async fn dispatch(app: &App, active: &crate::app::Active, event: &Event, item: O
             }
         }
         Channel::ActionCenter => {
-            let content = match active.renderer.action_center(event, d) {
-                Ok(c) => c,
+            let content = match session.render(d) {
+                Ok(Rendered::ActionCenter(c)) => c,
+                Ok(Rendered::Email(_)) => return Ok(failed("rendered for the wrong channel".into()).await?),
                 Err(e) => return Ok(failed(format!("rendering: {e}")).await?),
             };
             let spec = active

@@ -8,6 +8,8 @@
 //! - [`directory`]: `directory.*` events build who holds which role where.
 //! - [`route`]: rules from `rules/` turn (event, directory, state) into a plan
 //!   of deliveries: who gets which notification, on which channel, and why.
+//! - [`render`]: templates from `templates/` turn each delivery into an email
+//!   (subject, HTML, text) or an Action Center entry; checked at load.
 //! - [`store`]: the plan is made durable (idempotency, state, notification log).
 //! - [`dispatch`]: rendered through the [`dispatch::Renderer`] seam, out by email and Action Center.
 //! - [`flow`]: those steps in order for one event; [`app`] builds and runs it all.
@@ -30,6 +32,7 @@ pub mod error;
 pub mod event;
 pub mod flow;
 pub mod http;
+pub mod render;
 pub mod route;
 pub mod store;
 pub mod telemetry;

@@ -7,10 +7,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use referral_router::app::{self, App};
-use referral_router::cli::{self, explain, fixtures};
+use referral_router::cli::{self, explain, fixtures, templates};
 use referral_router::config::Settings;
 use referral_router::route::{MemoryState, RuleSet, route};
-use referral_router::{dispatch, telemetry};
+use referral_router::telemetry;
 
 #[derive(Parser)]
 #[command(
@@ -86,6 +86,44 @@ enum Command {
         #[arg(long)]
         digest_position: Option<u32>,
     },
+    /// Check the templates: every template, every example event, every locale.
+    Templates {
+        #[command(subcommand)]
+        command: TemplatesCommand,
+    },
+    /// Render one notification for one event: writes the .html, .txt and .eml.
+    Preview {
+        /// The notification (template) id, e.g. `cosell-incoming-opportunity`.
+        notification: String,
+        /// A CloudEvent (structured JSON).
+        #[arg(long)]
+        event: PathBuf,
+        /// Render in this locale instead of the recipient's.
+        #[arg(long)]
+        locale: Option<String>,
+        /// Where to write the files.
+        #[arg(long, default_value = "out/preview")]
+        out: PathBuf,
+        /// `directory.*` events, one per line, to find the real recipients.
+        #[arg(long)]
+        directory: Option<PathBuf>,
+        #[arg(long, default_value = "templates")]
+        templates: PathBuf,
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TemplatesCommand {
+    /// Load, check and render every template; errors carry file:line:column.
+    Check {
+        #[arg(default_value = "templates")]
+        dir: PathBuf,
+        /// The rules that say which events use which template (and hold the example events).
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -103,6 +141,9 @@ enum RulesCommand {
     Check {
         #[arg(default_value = "rules")]
         dir: PathBuf,
+        /// The templates the rules name must exist here.
+        #[arg(long, default_value = "templates")]
+        templates: PathBuf,
     },
     /// Run the fixtures under DIR/tests and list rules no fixture exercises.
     Test {
@@ -129,8 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime
                 .block_on(async {
-                    let factory = dispatch::plain_factory(settings.mail.portal_url.clone());
-                    let app = App::build(settings, factory).await?;
+                    let app = App::build(settings).await?;
                     app::run(app).await
                 })
                 .map_err(anyhow::Error::msg)?;
@@ -143,8 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             telemetry::init_logs(&settings.log);
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let outcome = runtime.block_on(async {
-                let factory = dispatch::plain_factory(settings.mail.portal_url.clone());
-                let app = App::build(settings, factory).await?;
+                let app = App::build(settings).await?;
                 cli::ops::digest_flush(&app).await
             });
             match outcome {
@@ -173,8 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let (text, rows) = runtime
                 .block_on(async {
-                    let factory = dispatch::plain_factory(settings.mail.portal_url.clone());
-                    let app = App::build(settings, factory).await?;
+                    let app = App::build(settings).await?;
                     cli::ops::log(&app, &query).await
                 })
                 .map_err(anyhow::Error::msg)?;
@@ -195,8 +233,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Rules {
-            command: RulesCommand::Check { dir },
-        } => match cli::rules_check(&dir) {
+            command: RulesCommand::Check { dir, templates },
+        } => match cli::rules_check(&dir, &templates) {
             Ok(summary) => {
                 println!("{summary}");
                 Ok(ExitCode::SUCCESS)
@@ -217,6 +255,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Templates {
+            command: TemplatesCommand::Check { dir, rules },
+        } => report(templates::check(&dir, &rules)),
+        Command::Preview {
+            notification,
+            event,
+            locale,
+            out,
+            directory,
+            templates: templates_dir,
+            rules,
+        } => report(templates::preview(&templates::PreviewRequest {
+            notification: &notification,
+            event: &event,
+            locale: locale.as_deref(),
+            out: &out,
+            directory: directory.as_deref(),
+            templates: &templates_dir,
+            rules: &rules,
+        })),
         Command::Explain {
             event,
             directory,
@@ -257,6 +315,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", explain::to_text(&event, &rules, &plan));
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Prints a tool's report: the text on success, the errors on failure.
+fn report(result: Result<String, String>) -> anyhow::Result<ExitCode> {
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            Ok(ExitCode::FAILURE)
         }
     }
 }

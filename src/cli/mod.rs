@@ -1,10 +1,12 @@
-//! The rule author's tools: `rules check`, `rules test`, `explain`. Each
-//! returns its report as text so tests can read exactly what a person sees.
+//! The rule and template authors' tools: `rules check`, `rules test`,
+//! `explain`, `templates check`, `preview`. Each returns its report as text so
+//! tests can read exactly what a person sees.
 
 pub mod explain;
 pub mod fixtures;
 pub mod ops;
 pub mod publish;
+pub mod templates;
 
 use std::path::Path;
 
@@ -48,9 +50,23 @@ pub fn read_directory(path: &Path) -> Result<Directory, String> {
     Ok(Directory::from_events(&events))
 }
 
-/// `rules check`: load and validate; the summary on success, every error on failure.
-pub fn rules_check(dir: &Path) -> Result<String, String> {
+/// `rules check`: load and validate, including that every template a rule
+/// names exists in `templates`; the summary on success, every error on failure.
+pub fn rules_check(dir: &Path, templates: &Path) -> Result<String, String> {
     let set = RuleSet::load_dir(dir).map_err(|e| e.to_string())?;
+    let options = crate::render::RenderOptions {
+        portal_base_url: templates::PREVIEW_PORTAL.into(),
+        examples: Vec::new(),
+    };
+    match crate::render::Templates::load(templates, &set, options) {
+        Ok(loaded) => set.check_templates(|name| loaded.has(name)),
+        // A template with errors still exists; `templates check` reports its errors.
+        Err(_) => {
+            let names = crate::render::source::notification_names(templates);
+            set.check_templates(|name| names.iter().any(|n| n == name))
+        }
+    }
+    .map_err(|e| e.to_string())?;
     Ok(format!(
         "rules ok: {} rules, {} notifications, {} selectors (hash {})",
         set.rules.len(),

@@ -16,10 +16,11 @@ pub async fn digest_flush(app: &App) -> Result<String, String> {
     let flusher = Flusher {
         store: &*app.store,
         rules: &active.rules,
-        renderer: &*active.renderer,
+        templates: &active.templates,
         directory: &dir,
         mailer: &app.mailer,
         mail: &app.settings.mail,
+        sender: &app.sender,
         clock: &SystemClock,
         worker: &worker,
         lease: app.settings.digest.lease,

@@ -4,8 +4,8 @@
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
-use super::ActionCenterContent;
 use crate::event::Event;
+use crate::render::RenderedEntry;
 use crate::route::Delivery;
 use crate::route::rules::ActionCenterSpec;
 use crate::store::ActionCenterEntry;
@@ -33,7 +33,7 @@ pub fn owner(delivery: &Delivery) -> String {
 pub fn entry(
     event: &Event,
     delivery: &Delivery,
-    content: ActionCenterContent,
+    content: RenderedEntry,
     spec: Option<&ActionCenterSpec>,
 ) -> ActionCenterEntry {
     let created_at = Utc::now();

@@ -89,7 +89,7 @@ pub fn array_items<'s>(schema: &'s Schema, segments: &[&str]) -> Option<&'s Valu
     Some(resolve(root, items))
 }
 
-fn find_property<'s>(root: &'s Value, node: &'s Value, name: &str) -> Option<&'s Value> {
+pub(crate) fn find_property<'s>(root: &'s Value, node: &'s Value, name: &str) -> Option<&'s Value> {
     if let Some(child) = node.get("properties").and_then(|p| p.get(name)) {
         return Some(child);
     }
@@ -101,7 +101,7 @@ fn find_property<'s>(root: &'s Value, node: &'s Value, name: &str) -> Option<&'s
     })
 }
 
-fn resolve<'s>(root: &'s Value, node: &'s Value) -> &'s Value {
+pub(crate) fn resolve<'s>(root: &'s Value, node: &'s Value) -> &'s Value {
     let mut node = node;
     for _ in 0..16 {
         let Some(reference) = node.get("$ref").and_then(Value::as_str) else {

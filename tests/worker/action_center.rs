@@ -60,9 +60,14 @@ async fn users_see_and_mark_only_their_own_entries() {
     assert_eq!(http(addr, "POST", &path, Some(&amy)).await.unwrap().0, 404);
     // Someone else's entry and an entry that does not exist look the same.
     let theirs = http(addr, "POST", &path, Some(&amy)).await.unwrap();
-    let nobodys = http(addr, "POST", "/api/v1/action-center/entries/no-such-entry/read", Some(&amy))
-        .await
-        .unwrap();
+    let nobodys = http(
+        addr,
+        "POST",
+        "/api/v1/action-center/entries/no-such-entry/read",
+        Some(&amy),
+    )
+    .await
+    .unwrap();
     assert_eq!(theirs, nobodys, "a 404 must not tell whether the entry exists");
     assert_eq!(
         get(addr, "/api/v1/action-center/unread-count", Some(&cara)).await.1["unread"],

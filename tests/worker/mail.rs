@@ -102,16 +102,16 @@ const CASES: &[Case] = &[
     },
 ];
 
-/// The fact every message about this event must mention: the customer, the solution or the lead's company.
-fn key_fact(event: &serde_json::Value) -> String {
+/// What every message names, in its subject and both parts: the deal, the solution or the lead's company.
+fn subject_name(event: &serde_json::Value) -> String {
     [
-        "/data/referral/customer/name",
+        "/data/referral/name",
         "/data/solution/name",
         "/data/lead/customer/company",
     ]
     .iter()
     .find_map(|p| event.pointer(p).and_then(|v| v.as_str()))
-    .expect("a key fact")
+    .expect("a name")
     .to_string()
 }
 
@@ -132,7 +132,15 @@ async fn every_row_is_emailed_to_the_right_people_with_both_parts() {
         let want: BTreeSet<String> = case.to.iter().map(|s| s.to_string()).collect();
         assert_eq!(got, want, "{}: recipients\nlog:\n{}", case.file, worker.logs());
         assert_eq!(new.len(), case.to.len(), "{}: one email per person", case.file);
-        let fact = key_fact(&event);
+        // The customer told to choose another partner reads about the partner they asked.
+        let fact = if case.notification == "lead-customer-redirected" {
+            event["data"]["partner"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        } else {
+            subject_name(&event)
+        };
         for m in new {
             let raw_text = String::from_utf8_lossy(&m.data);
             let msg = m.parsed();
@@ -151,10 +159,25 @@ async fn every_row_is_emailed_to_the_right_people_with_both_parts() {
             } else {
                 case.notification
             };
-            let title = &rules.notifications[notification].title;
+            assert_eq!(
+                msg.header_raw("X-Router-Notification").map(str::trim),
+                Some(notification),
+                "{}: which notification it is",
+                case.file
+            );
+            assert_eq!(msg.header_raw("X-Router-Event").map(str::trim), event["id"].as_str());
+            // The customer told to choose another partner reads about the partner they asked.
+            let named = if notification == "lead-customer-redirected" {
+                event["data"]["partner"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            } else {
+                fact.clone()
+            };
             assert!(
-                subject.contains(title.as_str()),
-                "{}: subject `{subject}` lacks `{title}`",
+                subject.contains(&named),
+                "{}: subject `{subject}` does not name `{named}`",
                 case.file
             );
             let ct = msg.content_type().expect("a content type");

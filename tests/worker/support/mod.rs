@@ -113,6 +113,10 @@ impl Worker {
             format!("sqlite://{}", dir.path().join("router.db").display()),
         ));
         env.push(("ROUTER__RULES__DIR".into(), root().join("rules").display().to_string()));
+        env.push((
+            "ROUTER__TEMPLATES__DIR".into(),
+            root().join("templates").display().to_string(),
+        ));
         for (k, v) in extra {
             env.retain(|(key, _)| key != k);
             env.push((k.to_string(), v.to_string()));
