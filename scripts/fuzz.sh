@@ -20,7 +20,11 @@ for target in "${targets[@]}"; do
   if ! cargo fuzz run -O "$target" "fuzz/corpus/$target" -- -max_total_time="$seconds" -max_len=65536 \
       -print_final_stats=1 >"$log" 2>&1; then
     tail -n 60 "$log" >&2
-    echo "fuzz: $target FAILED (the crashing input is under fuzz/artifacts/$target)" >&2
+    if grep -q "failed to build fuzz script" "$log"; then
+      echo "fuzz: $target did not build" >&2
+    else
+      echo "fuzz: $target FAILED (the crashing input is under fuzz/artifacts/$target)" >&2
+    fi
     exit 1
   fi
   grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb)" "$log" || true
