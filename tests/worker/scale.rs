@@ -1,6 +1,7 @@
 //! Several workers: three `referral-router run` processes on one queue and one
 //! PostgreSQL database share a few thousand mixed events (RabbitMQ spreads
-//! them as competing consumers), and every expected email arrives exactly once.
+//! them as competing consumers), and every expected email arrives exactly once;
+//! a worker killed mid-event has its event taken over when its lease runs out.
 //!
 //! The events are built so their expected emails do not depend on the order
 //! the workers happen to process them in: each event has its own referral and
@@ -180,6 +181,68 @@ async fn three_workers_on_one_queue_and_database_send_every_email_exactly_once()
             w.logs()
         );
     }
+    drop(workers);
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_event_is_taken_over_when_its_lease_runs_out() {
+    let _gate = support::shared().await;
+    let broker = Broker::new("takeover").await;
+    let smtp = SmtpSink::start().await;
+    let store = TestStore::new(Backend::Postgres).await;
+    let env = [("ROUTER__STORE__LEASE", "3s"), ("ROUTER__SMTP__TIMEOUT", "2500ms")];
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        workers.push(Worker::start(&broker, &smtp, &store, &env).await);
+    }
+    let directory = support::directory_events();
+    for line in &directory {
+        broker.publish(line).await;
+    }
+    wait_settled(&workers, directory.len(), Duration::from_secs(30)).await;
+
+    // Three emails; the worker that takes the lead dies while the server holds the second.
+    smtp.set_delay(Duration::from_millis(1500));
+    broker.publish(&support::example("lead.created.contact_me.json")).await;
+    assert_eq!(smtp.wait_for(1, Duration::from_secs(20)).await.len(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut busy = None;
+    for (n, w) in workers.iter().enumerate() {
+        if w.metric("router_events_routed_total{type=\"lead.created\"}").await > 0.0 {
+            busy = Some(n);
+        }
+    }
+    let busy = busy.expect("a worker routed the lead");
+    // The second message is refused, so the crash leaves it unsent rather than half-recorded.
+    smtp.set_down(true);
+    workers[busy].signal("KILL");
+    workers[busy].wait_exit(Duration::from_secs(10)).await;
+    // Stay down until the dead worker's held message has been refused.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    smtp.set_delay(Duration::ZERO);
+    smtp.set_down(false);
+
+    let survivor = &workers[1 - busy];
+    let mails = smtp.wait_for(3, Duration::from_secs(30)).await;
+    assert_eq!(mails.len(), 3, "log:\n{}", survivor.logs());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut rcpts: Vec<String> = smtp.messages().iter().flat_map(|m| m.rcpt.clone()).collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        [
+            "dana@fabrikam.example",
+            "gina@fabrikam.example",
+            "sales@fabrikam.example"
+        ],
+        "each exactly once"
+    );
+    assert!(
+        survivor.logs().contains("another worker holds this event"),
+        "the survivor waited for the lease:\n{}",
+        survivor.logs()
+    );
     drop(workers);
     broker.cleanup().await;
 }
