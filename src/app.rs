@@ -2,6 +2,7 @@
 //! one shutdown token fires (SIGTERM/SIGINT). SIGHUP reloads rules and templates.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -12,10 +13,9 @@ use crate::broker::Publisher;
 use crate::config::Settings;
 use crate::directory::Directory;
 use crate::dispatch::email::Mailer;
-use crate::event::Event;
 use crate::render::{Sender, Templates};
 use crate::route::RuleSet;
-use crate::store::{self, Store};
+use crate::store::{self, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::{consume, http};
 
@@ -39,7 +39,12 @@ pub struct App {
     /// Who the router's email comes from (validated at start).
     pub sender: Sender,
     active: RwLock<Arc<Active>>,
+    /// The store's directory as of sequence number `directory_seq`; refreshed
+    /// per event, so changes recorded by other workers are seen too.
     directory: RwLock<Directory>,
+    directory_seq: AtomicI64,
+    /// Serialises applying directory changes, so they apply in sequence order.
+    directory_apply: tokio::sync::Mutex<()>,
     in_flight: Mutex<HashSet<String>>,
 }
 
@@ -74,8 +79,9 @@ impl App {
     pub async fn build(settings: Settings) -> Result<Arc<Self>, String> {
         let active = load(&settings)?;
         let sender = settings.sender()?;
-        let store = store::open(&settings.store.url).await.map_err(|e| e.to_string())?;
-        let directory = store.load_directory().await.map_err(|e| e.to_string())?;
+        let store = store::connect(&settings.store).await.map_err(|e| e.to_string())?;
+        let changes = store.directory_changes(0).await.map_err(|e| e.to_string())?;
+        let directory = Directory::from_events(&changes.events);
         let mailer = Mailer::from_settings(&settings.smtp)?;
         let metrics = Metrics::new();
         metrics.set_rules(&active.rules.hash);
@@ -91,6 +97,8 @@ impl App {
             sender,
             active: RwLock::new(Arc::new(active)),
             directory: RwLock::new(directory),
+            directory_seq: AtomicI64::new(changes.seq),
+            directory_apply: tokio::sync::Mutex::new(()),
             in_flight: Mutex::new(HashSet::new()),
         }))
     }
@@ -103,8 +111,28 @@ impl App {
         self.directory.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn apply_directory(&self, event: &Event) {
-        self.directory.write().unwrap_or_else(|e| e.into_inner()).apply(event);
+    /// Applies the directory changes any worker recorded since the last call.
+    /// One indexed query that usually returns nothing, so it runs per event.
+    pub async fn refresh_directory(&self) -> Result<(), StoreError> {
+        let seen = self.directory_seq.load(Ordering::Acquire);
+        let mut changes = self.store.directory_changes(seen).await?;
+        if changes.events.is_empty() {
+            return Ok(());
+        }
+        let _applying = self.directory_apply.lock().await;
+        let now_seen = self.directory_seq.load(Ordering::Acquire);
+        if now_seen != seen {
+            // Another task applied some meanwhile: start from where it stopped.
+            changes = self.store.directory_changes(now_seen).await?;
+        }
+        {
+            let mut dir = self.directory.write().unwrap_or_else(|e| e.into_inner());
+            for event in &changes.events {
+                dir.apply(event);
+            }
+        }
+        self.directory_seq.fetch_max(changes.seq, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Waits until no other task is processing `id`, then claims it.

@@ -118,7 +118,18 @@ pub struct Mail {
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct Store {
-    pub url: String,
+    /// `sqlite://PATH` (one worker) or `postgres://…` (several); may hold a
+    /// password, hence a secret.
+    pub url: Secret,
+    /// PostgreSQL: the pool size per worker. SQLite: the readers (there is one writer).
+    pub max_connections: u32,
+    /// How long an operation waits for a pooled connection before failing (and being retried).
+    #[serde(with = "duration")]
+    pub acquire_timeout: Duration,
+    /// How long a worker's claim on an event or a delivery lasts unless renewed;
+    /// after a crash, another worker takes the event over once it runs out.
+    #[serde(with = "duration")]
+    pub lease: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -276,10 +287,29 @@ impl Settings {
                 errors.push(format!("{key} `{value}` must be an absolute http(s) URL"));
             }
         }
-        if !self.store.url.starts_with("sqlite:") {
+        let store_url = self.store.url.expose();
+        if !["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| store_url.starts_with(scheme))
+        {
             errors.push(format!(
-                "store.url `{}` is not supported: use sqlite://PATH (PostgreSQL comes later)",
-                redact_url(&self.store.url)
+                "store.url `{}` is not supported: use sqlite://PATH or postgres://USER@HOST/DB",
+                redact_url(store_url)
+            ));
+        }
+        if self.store.max_connections == 0 {
+            errors.push("store.max_connections must be at least 1".into());
+        }
+        if self.store.acquire_timeout.is_zero() {
+            errors.push("store.acquire_timeout must be positive".into());
+        }
+        // A lease must outlast one delivery's SMTP exchange, or a slow send
+        // could be taken over (and sent twice) while it is still running.
+        if self.store.lease <= self.smtp.timeout {
+            errors.push(format!(
+                "store.lease ({}) must exceed smtp.timeout ({})",
+                humantime::format_duration(self.store.lease),
+                humantime::format_duration(self.smtp.timeout)
             ));
         }
         if let Err(e) = self.http.addr.parse::<SocketAddr>() {
@@ -349,6 +379,19 @@ mod tests {
         assert_eq!(s.amqp.exchange, "referrals.events");
         assert_eq!(s.amqp.dead_letter_queue(), "referral-router.dead");
         assert!(s.smtp.host.is_empty());
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn postgres_urls_are_accepted_and_redacted() {
+        let mut s = Settings::load(None).unwrap();
+        for url in ["postgres://router:pw@db/router", "postgresql://db/router"] {
+            s.store.url = Secret::new(url);
+            s.validate().unwrap();
+        }
+        s.store.url = Secret::new("postgres:/db");
+        let text = s.validate().unwrap_err().to_string();
+        assert!(text.contains("store.url"), "{text}");
     }
 
     #[test]
@@ -367,9 +410,17 @@ mod tests {
         let mut s = Settings::load(None).unwrap();
         s.amqp.prefetch = 0;
         s.http.addr = "nowhere".into();
-        s.store.url = "mysql://x".into();
+        s.store.url = Secret::new("mysql://x");
+        s.store.max_connections = 0;
+        s.store.lease = Duration::from_secs(5);
         let text = s.validate().unwrap_err().to_string();
-        for key in ["amqp.prefetch", "http.addr", "store.url"] {
+        for key in [
+            "amqp.prefetch",
+            "http.addr",
+            "store.url",
+            "store.max_connections",
+            "store.lease",
+        ] {
             assert!(text.contains(key), "{text}");
         }
     }

@@ -155,9 +155,16 @@ async fn handle(app: Arc<App>, delivery: Delivery, _held: (OwnedSemaphorePermit,
                         break Disposition::Ack;
                     };
                     match e.disposition() {
-                        Disposition::Retry(why) if app.shutdown.is_cancelled() => {
-                            warn!(error = %why, "shutting down: leaving it to a later delivery");
+                        Disposition::Later(_) | Disposition::Retry(_) if app.shutdown.is_cancelled() => {
+                            warn!(error = %e, "shutting down: leaving it to a later delivery");
                             break Disposition::Requeue;
+                        }
+                        Disposition::Later(wait) => {
+                            // Bounded by the other worker's lease: it finishes, or its lease runs out.
+                            tokio::select! {
+                                () = tokio::time::sleep(wait.min(app.settings.store.lease)) => {}
+                                () = app.shutdown.cancelled() => break Disposition::Requeue,
+                            }
                         }
                         Disposition::Retry(why) if attempt < app.settings.retry.max_attempts => {
                             let wait = backoff(&app, attempt);
@@ -190,7 +197,7 @@ async fn handle(app: Arc<App>, delivery: Delivery, _held: (OwnedSemaphorePermit,
 async fn settle(app: &App, delivery: Delivery, outcome: Disposition) {
     let result = match &outcome {
         Disposition::Ack => delivery.ack(BasicAckOptions::default()).await.map(|_| "ack"),
-        Disposition::Retry(_) | Disposition::Requeue => delivery
+        Disposition::Retry(_) | Disposition::Later(_) | Disposition::Requeue => delivery
             .nack(BasicNackOptions {
                 requeue: true,
                 ..Default::default()

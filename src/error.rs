@@ -1,6 +1,8 @@
 //! What happens to a message when processing it fails: each error knows its
 //! disposition, and [`ProcessError::disposition`] is the one place that decides.
 
+use std::time::Duration;
+
 use crate::decode::DecodeError;
 use crate::store::StoreError;
 
@@ -15,6 +17,9 @@ pub enum Disposition {
     DeadLetter { reason: String, detail: String },
     /// Stop now (shutting down) and let the broker deliver it again later.
     Requeue,
+    /// Another worker is processing the same event: look again after this
+    /// long. Not a failure, so it does not use up an attempt.
+    Later(Duration),
 }
 
 /// Why processing one message stopped.
@@ -28,6 +33,8 @@ pub enum ProcessError {
     Mail(String),
     #[error("broker: {0}")]
     Broker(String),
+    #[error("another worker holds the event; retry in {0:?}")]
+    Busy(Duration),
 }
 
 impl ProcessError {
@@ -40,6 +47,7 @@ impl ProcessError {
             ProcessError::Store(_) | ProcessError::Mail(_) | ProcessError::Broker(_) => {
                 Disposition::Retry(self.to_string())
             }
+            ProcessError::Busy(wait) => Disposition::Later(*wait),
         }
     }
 }
@@ -56,5 +64,7 @@ mod tests {
             ProcessError::Mail("421".into()).disposition(),
             Disposition::Retry(_)
         ));
+        let busy = ProcessError::Busy(Duration::from_secs(1));
+        assert_eq!(busy.disposition(), Disposition::Later(Duration::from_secs(1)));
     }
 }

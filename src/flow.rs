@@ -2,6 +2,7 @@
 //! dispatch. Acking is the caller's job, once this returns `Ok`.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
@@ -63,9 +64,11 @@ pub fn decode_message(properties: &BasicProperties, body: &[u8]) -> Result<Event
 }
 
 /// Routes, records and dispatches one decoded event. Safe to call again for
-/// the same event: what was recorded is not recorded twice, what went out is
-/// not sent again.
+/// the same event, from any worker: what was recorded is not recorded twice,
+/// what went out is not sent again, and while one worker holds the event's
+/// lease the others get [`ProcessError::Busy`].
 pub async fn process(app: &App, event: &Event) -> Result<(), ProcessError> {
+    app.refresh_directory().await?;
     let active = app.active();
     let state = app.store.state_for(event).await?;
     let counters = {
@@ -91,9 +94,12 @@ pub async fn process(app: &App, event: &Event) -> Result<(), ProcessError> {
             info!("already processed: nothing to do");
             return Ok(());
         }
+        Admission::Busy { retry_in } => {
+            info!(?retry_in, "another worker holds this event; waiting for it");
+            return Err(ProcessError::Busy(retry_in));
+        }
         Admission::Pending { fresh, items } => {
             if fresh {
-                app.apply_directory(event);
                 let plan = captured
                     .into_inner()
                     .unwrap_or_else(|e| e.into_inner())
@@ -106,12 +112,37 @@ pub async fn process(app: &App, event: &Event) -> Result<(), ProcessError> {
         }
     };
     app.metrics.routed.with_label_values(&[event.event_type.as_str()]).inc();
+    let outcome = dispatch_all(app, &active, event, items).await;
+    if outcome.is_err() {
+        // Hand the event back at once: a copy redelivered to another worker need not wait for the lease.
+        if let Err(e) = app.store.release(event.id.as_str()).await {
+            warn!(error = %e, "could not release the event's lease; it runs out by itself");
+        }
+    }
+    outcome
+}
+
+/// Sends each pending delivery this worker can claim, then marks the event done.
+async fn dispatch_all(
+    app: &App,
+    active: &crate::app::Active,
+    event: &Event,
+    items: Vec<OutboxItem>,
+) -> Result<(), ProcessError> {
     // One session per event: what all recipients share is rendered once.
     let mut session = active.templates.session(event);
     for item in items {
-        dispatch(app, &active, event, &mut session, item).await?;
+        if !app.store.claim_delivery(item.log_id).await? {
+            info!(notification = %item.delivery.notification, recipient = %item.delivery.recipient.email,
+                  "sent or being sent by another worker");
+            continue;
+        }
+        dispatch(app, active, event, &mut session, item).await?;
     }
-    app.store.complete(event.id.as_str()).await?;
+    if !app.store.complete(event.id.as_str()).await? {
+        // Another worker still sends some of it: come back and see it done.
+        return Err(ProcessError::Busy(Duration::from_millis(500)));
+    }
     Ok(())
 }
 

@@ -78,3 +78,12 @@ impl From<StoredDelivery> for Delivery {
         }
     }
 }
+
+impl StoredDelivery {
+    /// Reads a delivery from its notification-log JSON.
+    pub fn parse(raw: &str) -> Result<Delivery, crate::store::StoreError> {
+        serde_json::from_str::<StoredDelivery>(raw)
+            .map(Delivery::from)
+            .map_err(|e| crate::store::StoreError(format!("a stored delivery is unreadable: {e}")))
+    }
+}

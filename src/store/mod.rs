@@ -1,19 +1,25 @@
 //! State: one [`Store`] interface over what the worker must remember, so that
 //! effects are durable before a message is acked. SQLite is the embedded
-//! backend; PostgreSQL (several workers) implements the same trait.
+//! backend (one worker); PostgreSQL implements the same trait for several
+//! workers sharing one database. [`connect`] picks one by the URL's scheme.
 
 mod delivery_json;
+pub mod postgres;
+mod record;
 pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::directory::Directory;
 use crate::event::Event;
 use crate::route::{DigestKey, MemoryState, Plan};
 
 pub use delivery_json::StoredDelivery;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A store operation failed. Always worth retrying: the usual causes are a
@@ -88,8 +94,20 @@ pub struct OutboxItem {
 pub enum Admission {
     /// Seen before and fully dispatched: nothing to do but ack.
     Done,
-    /// Recorded (now or by an earlier attempt); these deliveries are still pending.
+    /// Recorded (now or by an earlier attempt); these deliveries are still
+    /// pending, and this worker now holds the event's lease.
     Pending { fresh: bool, items: Vec<OutboxItem> },
+    /// Another worker holds the event's lease (it is processing a copy, or it
+    /// crashed and the lease runs out in `retry_in`): ask again then.
+    Busy { retry_in: Duration },
+}
+
+/// Directory events stored after a sequence number, in the order to apply them.
+#[derive(Debug, Default)]
+pub struct DirectoryChanges {
+    pub events: Vec<Event>,
+    /// The newest sequence number seen: ask for changes after it next time.
+    pub seq: i64,
 }
 
 /// An in-app notification for one user.
@@ -170,17 +188,28 @@ pub trait Store: Send + Sync {
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// The directory as the stored `directory.*` events built it.
-    async fn load_directory(&self) -> Result<Directory, StoreError>;
+    /// The directory events stored (by any worker) after `after`, oldest first;
+    /// `after = 0` gives the whole directory. Cheap when nothing changed.
+    async fn directory_changes(&self, after: i64) -> Result<DirectoryChanges, StoreError>;
 
     /// The statuses routing reads for the event's referral.
     async fn state_for(&self, event: &Event) -> Result<MemoryState, StoreError>;
 
-    /// In one transaction: record the event id (or find it recorded), count
-    /// it under `counters` (each increment returns its position), apply its
-    /// directory change and the plan's state records, and log every planned
-    /// delivery. Returns what is still pending.
+    /// In one transaction: record the event id (or find it recorded), take
+    /// the event's lease (unless another worker holds it: `Busy`), count it
+    /// under `counters` (each increment returns its position), apply its
+    /// directory change (if newer than the stored one) and the plan's state
+    /// records, and log every planned delivery. Returns what is still pending.
     async fn admit(&self, event: &Event, counters: &[DigestKey], plan: Planner<'_>) -> Result<Admission, StoreError>;
+
+    /// Claims a pending delivery just before sending it, and renews the
+    /// event's lease. False when it is no longer pending or another worker's
+    /// claim on it is still live: then it must not be sent.
+    async fn claim_delivery(&self, log_id: i64) -> Result<bool, StoreError>;
+
+    /// Gives up this worker's lease on the event and claims on its deliveries
+    /// (processing failed), so another worker can take it over at once.
+    async fn release(&self, event_id: &str) -> Result<(), StoreError>;
 
     /// A delivery went out (the mail server accepted it / the entry is stored and published).
     async fn mark_sent(&self, log_id: i64, message_id: Option<&str>) -> Result<(), StoreError>;
@@ -191,8 +220,9 @@ pub trait Store: Send + Sync {
     /// A transient failure, counted on the log row.
     async fn note_attempt(&self, log_id: i64, error: &str) -> Result<(), StoreError>;
 
-    /// Every delivery of the event is settled.
-    async fn complete(&self, event_id: &str) -> Result<(), StoreError>;
+    /// Marks the event done if none of its deliveries is still pending; false
+    /// when one is (another worker claimed it and is sending it).
+    async fn complete(&self, event_id: &str) -> Result<bool, StoreError>;
 
     /// Stores an entry; storing the same id again changes nothing.
     async fn put_entry(&self, entry: &ActionCenterEntry) -> Result<(), StoreError>;
@@ -230,11 +260,31 @@ pub trait Store: Send + Sync {
     async fn log_for_recipient(&self, email: &str, limit: u32) -> Result<Vec<LogEntry>, StoreError>;
 }
 
-/// Opens the store named by a `store.url`.
-pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+/// Opens and migrates the store named by `settings.url`: `sqlite://PATH` or
+/// `postgres://…` (also `postgresql://`). The one place a backend is chosen.
+pub async fn connect(settings: &crate::config::Store) -> Result<Arc<dyn Store>, StoreError> {
+    let url = settings.url.expose();
     if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
+        Ok(Arc::new(SqliteStore::open(url, settings).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::open(settings).await?))
     } else {
-        Err(StoreError(format!("unsupported store url scheme: {url}")))
+        Err(StoreError(format!(
+            "unsupported store url scheme: {}",
+            crate::config::redact_url(url)
+        )))
     }
+}
+
+/// Names this process in leases: host, process id and a start-time nonce, so a
+/// restarted worker does not mistake its predecessor's leases for its own.
+pub fn worker_id() -> String {
+    static OPENED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{host}-{}-{nanos:x}-{n}", std::process::id())
 }

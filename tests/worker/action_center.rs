@@ -5,7 +5,9 @@ use std::time::Duration;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::support::{self, JWT_SECRET, example, http};
+use crate::support::{self, Backend, JWT_SECRET, example, http, on_both_backends};
+
+on_both_backends!(users_see_and_mark_only_their_own_entries, health_readiness_and_metrics,);
 
 fn token(sub: &str, secret: &str, exp_in: i64) -> String {
     let exp = chrono::Utc::now().timestamp() + exp_in;
@@ -22,10 +24,9 @@ async fn get(addr: &str, path: &str, tok: Option<&str>) -> (u16, Value) {
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_see_and_mark_only_their_own_entries() {
+async fn users_see_and_mark_only_their_own_entries(backend: Backend) {
     let _gate = support::shared().await;
-    let (broker, smtp, worker) = support::start("ac", &[]).await;
+    let (broker, smtp, worker) = support::start("ac", backend, &[]).await;
     let probe = broker.probe(&broker.action_center).await;
     broker.publish(&example("cosell.opportunity.shared.json")).await;
     broker.publish(&example("dealreg.action_required.json")).await;
@@ -100,10 +101,9 @@ async fn users_see_and_mark_only_their_own_entries() {
     broker.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_readiness_and_metrics() {
+async fn health_readiness_and_metrics(backend: Backend) {
     let _gate = support::shared().await;
-    let (broker, _smtp, worker) = support::start("health", &[]).await;
+    let (broker, _smtp, worker) = support::start("health", backend, &[]).await;
     assert_eq!(http(&worker.http, "GET", "/healthz", None).await.unwrap().0, 200);
     let (status, body) = http(&worker.http, "GET", "/readyz", None).await.unwrap();
     assert_eq!(status, 200, "{body}");

@@ -5,7 +5,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::support::{self, Broker, SmtpSink, Worker, example};
+use crate::support::{self, Backend, Broker, SmtpSink, Worker, example, on_both_backends};
+
+on_both_backends!(
+    twenty_five_leads_give_ten_emails_then_digests_of_exactly_the_other_fifteen,
+    leads_count_into_the_partners_own_day_not_utcs,
+    a_flush_killed_mid_send_is_taken_over_and_every_lead_arrives_once,
+    the_worker_flushes_a_finished_day_by_itself,
+    expiring_after_accepted_is_suppressed_and_the_log_names_the_rule,
+);
 
 const RECIPIENTS: [&str; 3] = [
     "dana@fabrikam.example",
@@ -50,10 +58,10 @@ fn sorted_mail(smtp: &SmtpSink) -> BTreeMap<String, (Vec<String>, Vec<Vec<String
     out
 }
 
-async fn start(name: &str, extra: &[(&str, &str)]) -> (Broker, SmtpSink, Worker) {
+async fn start(name: &str, backend: Backend, extra: &[(&str, &str)]) -> (Broker, SmtpSink, Worker) {
     let mut env = vec![("ROUTER__DIGEST__CHECK_EVERY", "1h"), ("ROUTER__DIGEST__LEASE", "2s")];
     env.extend_from_slice(extra);
-    support::start(name, &env).await
+    support::start(name, backend, &env).await
 }
 
 fn flush(worker: &Worker) -> String {
@@ -71,12 +79,12 @@ fn flush(worker: &Worker) -> String {
     text
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_five_leads_give_ten_emails_then_digests_of_exactly_the_other_fifteen() {
+async fn twenty_five_leads_give_ten_emails_then_digests_of_exactly_the_other_fifteen(backend: Backend) {
     let _gate = support::shared().await;
     // Eight at once: positions must still be exact.
     let (broker, smtp, worker) = start(
         "digest25",
+        backend,
         &[("ROUTER__AMQP__PREFETCH", "32"), ("ROUTER__AMQP__CONCURRENCY", "8")],
     )
     .await;
@@ -135,10 +143,9 @@ async fn twenty_five_leads_give_ten_emails_then_digests_of_exactly_the_other_fif
     broker.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leads_count_into_the_partners_own_day_not_utcs() {
+async fn leads_count_into_the_partners_own_day_not_utcs(backend: Backend) {
     let _gate = support::shared().await;
-    let (broker, smtp, worker) = start("digestday", &[]).await;
+    let (broker, smtp, worker) = start("digestday", backend, &[]).await;
     let dir = support::directory_events().len();
     // Twelve leads late on 20 November in Los Angeles (07:00-07:55 UTC on the 21st),
     // then three early on the 21st there (08:00-08:20 UTC). In UTC all fifteen
@@ -185,10 +192,9 @@ async fn leads_count_into_the_partners_own_day_not_utcs() {
     broker.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flush_killed_mid_send_is_taken_over_and_every_lead_arrives_once() {
+async fn a_flush_killed_mid_send_is_taken_over_and_every_lead_arrives_once(backend: Backend) {
     let _gate = support::shared().await;
-    let (broker, smtp, worker) = start("digestcrash", &[]).await;
+    let (broker, smtp, worker) = start("digestcrash", backend, &[]).await;
     let dir = support::directory_events().len();
     for n in 1..=13 {
         broker
@@ -238,10 +244,9 @@ async fn a_flush_killed_mid_send_is_taken_over_and_every_lead_arrives_once() {
     broker.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_worker_flushes_a_finished_day_by_itself() {
+async fn the_worker_flushes_a_finished_day_by_itself(backend: Backend) {
     let _gate = support::shared().await;
-    let (broker, smtp, worker) = start("digestauto", &[("ROUTER__DIGEST__CHECK_EVERY", "500ms")]).await;
+    let (broker, smtp, worker) = start("digestauto", backend, &[("ROUTER__DIGEST__CHECK_EVERY", "500ms")]).await;
     let dir = support::directory_events().len();
     // 10 November is long over in Los Angeles: the held lead is due at once.
     for n in 1..=11 {
@@ -260,11 +265,10 @@ async fn the_worker_flushes_a_finished_day_by_itself() {
     broker.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expiring_after_accepted_is_suppressed_and_the_log_names_the_rule() {
+async fn expiring_after_accepted_is_suppressed_and_the_log_names_the_rule(backend: Backend) {
     let _gate = support::shared().await;
     let admin = "operator-token-for-tests";
-    let (broker, smtp, worker) = start("terminal", &[("ROUTER__HTTP__ADMIN_TOKEN", admin)]).await;
+    let (broker, smtp, worker) = start("terminal", backend, &[("ROUTER__HTTP__ADMIN_TOKEN", admin)]).await;
     let dir = support::directory_events().len();
     broker.publish(&example("cosell.opportunity.accepted.json")).await;
     worker.wait_settled(dir + 1, Duration::from_secs(30)).await;

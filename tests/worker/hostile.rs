@@ -6,7 +6,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{self, example};
+use crate::support::{self, Backend, example, on_both_backends};
+
+on_both_backends!(
+    oversized_nested_and_invalid_messages_are_dead_lettered_and_the_worker_goes_on,
+    crlf_in_any_string_creates_no_header,
+    markup_in_any_text_field_arrives_escaped,
+);
 
 /// Text fields people type; identifiers and the values rules match on stay as they are.
 const FREE_TEXT: &[&str] = &[
@@ -60,10 +66,10 @@ fn poisoned(with: &str) -> Vec<(String, Vec<u8>)> {
     .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_nested_and_invalid_messages_are_dead_lettered_and_the_worker_goes_on() {
+async fn oversized_nested_and_invalid_messages_are_dead_lettered_and_the_worker_goes_on(backend: Backend) {
     let _gate = support::shared().await;
-    let (broker, smtp, worker) = support::start("hostile", &[("ROUTER__AMQP__MAX_MESSAGE_BYTES", "65536")]).await;
+    let (broker, smtp, worker) =
+        support::start("hostile", backend, &[("ROUTER__AMQP__MAX_MESSAGE_BYTES", "65536")]).await;
     let mut big: Value = serde_json::from_slice(&example("cosell.solution.validation_passed.json")).unwrap();
     big["id"] = "evt-big".into();
     big["data"]["padding"] = "x".repeat(70_000).into();
@@ -95,10 +101,9 @@ async fn oversized_nested_and_invalid_messages_are_dead_lettered_and_the_worker_
     broker.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crlf_in_any_string_creates_no_header() {
+async fn crlf_in_any_string_creates_no_header(backend: Backend) {
     let _gate = support::shared().await;
-    let (broker, smtp, worker) = support::start("crlf", &[]).await;
+    let (broker, smtp, worker) = support::start("crlf", backend, &[]).await;
     let events = poisoned("\r\nBcc: evil@attacker.example\r\nX-Injected: yes");
     for (_, body) in &events {
         broker.publish(body).await;
@@ -129,10 +134,9 @@ async fn crlf_in_any_string_creates_no_header() {
     broker.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn markup_in_any_text_field_arrives_escaped() {
+async fn markup_in_any_text_field_arrives_escaped(backend: Backend) {
     let _gate = support::shared().await;
-    let (broker, smtp, worker) = support::start("markup", &[]).await;
+    let (broker, smtp, worker) = support::start("markup", backend, &[]).await;
     let events = poisoned("<script>alert(1)</script><img src=x onerror=alert(2)>");
     for (_, body) in &events {
         broker.publish(body).await;

@@ -7,7 +7,9 @@ use std::time::Duration;
 use mail_parser::MimeHeaders;
 use referral_router::route::RuleSet;
 
-use crate::support::{self, example};
+use crate::support::{self, Backend, example, on_both_backends};
+
+on_both_backends!(every_row_is_emailed_to_the_right_people_with_both_parts,);
 
 struct Case {
     file: &'static str,
@@ -115,10 +117,9 @@ fn subject_name(event: &serde_json::Value) -> String {
     .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_row_is_emailed_to_the_right_people_with_both_parts() {
+async fn every_row_is_emailed_to_the_right_people_with_both_parts(backend: Backend) {
     let _gate = support::shared().await;
-    let (broker, smtp, worker) = support::start("rows", &[]).await;
+    let (broker, smtp, worker) = support::start("rows", backend, &[]).await;
     let rules = RuleSet::load_dir(&support::root().join("rules")).unwrap();
     let mut seen = 0;
     for case in CASES {

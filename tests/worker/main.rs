@@ -1,5 +1,6 @@
 //! Integration tests: the real `referral-router run` process against this
-//! machine's RabbitMQ, a real SMTP server over TCP and its own SQLite file.
+//! machine's RabbitMQ and a real SMTP server over TCP, and the store on its own;
+//! every test runs on both store backends (a SQLite file, a PostgreSQL database).
 
 mod action_center;
 mod digest;
@@ -8,4 +9,6 @@ mod hostile;
 mod mail;
 mod operations;
 mod recovery;
+mod scale;
+mod store;
 mod support;

@@ -3,7 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{self, example};
+use crate::support::{self, Backend, example, on_both_backends};
+
+on_both_backends!(
+    sighup_reloads_rules_and_rejects_a_broken_set,
+    without_an_smtp_host_mail_is_written_as_eml_files,
+);
 
 async fn rules_hash(worker: &support::Worker) -> String {
     let (_, metrics) = support::http(&worker.http, "GET", "/metrics", None).await.unwrap();
@@ -26,8 +31,7 @@ async fn wait_log(worker: &support::Worker, needle: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_rules_and_rejects_a_broken_set() {
+async fn sighup_reloads_rules_and_rejects_a_broken_set(backend: Backend) {
     let _gate = support::shared().await;
     let rules = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(support::root().join("rules")).unwrap() {
@@ -37,7 +41,7 @@ async fn sighup_reloads_rules_and_rejects_a_broken_set() {
         }
     }
     let dir = rules.path().display().to_string();
-    let (broker, smtp, worker) = support::start("reload", &[("ROUTER__RULES__DIR", &dir)]).await;
+    let (broker, smtp, worker) = support::start("reload", backend, &[("ROUTER__RULES__DIR", &dir)]).await;
     let first = rules_hash(&worker).await;
 
     // A typo in a rule: rejected, and the old set still routes.
@@ -59,13 +63,13 @@ async fn sighup_reloads_rules_and_rejects_a_broken_set() {
     broker.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_an_smtp_host_mail_is_written_as_eml_files() {
+async fn without_an_smtp_host_mail_is_written_as_eml_files(backend: Backend) {
     let _gate = support::shared().await;
     let outbox = tempfile::tempdir().unwrap();
     let dir = outbox.path().display().to_string();
     let (broker, _smtp, worker) = support::start(
         "files",
+        backend,
         &[("ROUTER__SMTP__HOST", ""), ("ROUTER__SMTP__OUTBOX_DIR", &dir)],
     )
     .await;

@@ -2,12 +2,16 @@
 
 use std::time::Duration;
 
-use crate::support::{self, example};
+use crate::support::{self, Backend, example, on_both_backends};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forced_connection_close_recovers_with_no_loss() {
+on_both_backends!(
+    a_forced_connection_close_recovers_with_no_loss,
+    sigterm_drains_in_flight_work_and_exits_zero,
+);
+
+async fn a_forced_connection_close_recovers_with_no_loss(backend: Backend) {
     let _gate = support::exclusive().await;
-    let (mut broker, smtp, worker) = support::start("reconnect", &[]).await;
+    let (mut broker, smtp, worker) = support::start("reconnect", backend, &[]).await;
     broker.publish(&example("cosell.solution.validation_passed.json")).await;
     assert_eq!(smtp.wait_for(1, Duration::from_secs(20)).await.len(), 1);
 
@@ -31,10 +35,9 @@ async fn a_forced_connection_close_recovers_with_no_loss() {
     broker.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_in_flight_work_and_exits_zero() {
+async fn sigterm_drains_in_flight_work_and_exits_zero(backend: Backend) {
     let _gate = support::shared().await;
-    let (broker, smtp, mut worker) = support::start("sigterm", &[]).await;
+    let (broker, smtp, mut worker) = support::start("sigterm", backend, &[]).await;
     smtp.set_delay(Duration::from_millis(800));
     broker.publish(&example("lead.created.contact_me.json")).await;
     smtp.wait_for(1, Duration::from_secs(20)).await;

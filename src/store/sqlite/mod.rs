@@ -1,31 +1,34 @@
-//! The embedded store: SQLite in WAL mode through sqlx. One writer connection
-//! (SQLite allows one writer at a time; queueing in the pool beats
-//! `SQLITE_BUSY`), a few readers for the HTTP API, migrations at open.
+//! The embedded store: SQLite in WAL mode through sqlx, for one worker. One
+//! writer connection (SQLite allows one writer at a time; queueing in the pool
+//! beats `SQLITE_BUSY`), `store.max_connections` readers for the HTTP API and
+//! the directory, migrations at open. Leases work as in PostgreSQL, so the
+//! behaviour (and the test matrix) is the same on both.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::json;
+use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, Sqlite, Transaction};
 
+mod admit;
 mod digests;
 mod entries;
 
 use super::{
-    ActionCenterEntry, Admission, DigestClaim, HeldGroup, LogEntry, OutboxItem, Planner, Store, StoreError,
-    StoredDelivery,
+    ActionCenterEntry, Admission, DigestClaim, DirectoryChanges, HeldGroup, LogEntry, Planner, Store, StoreError,
+    record,
 };
-use crate::decode::decode_structured;
-use crate::directory::Directory;
-use crate::event::{Event, EventData};
-use crate::route::{Decision, DigestKey, MemoryState};
+use crate::event::Event;
+use crate::route::{DigestKey, MemoryState};
 
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// This worker's name in leases.
+    owner: String,
+    lease: Duration,
 }
 
 fn now() -> String {
@@ -42,7 +45,7 @@ fn parse_ts(raw: &str) -> Option<DateTime<Utc>> {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `sqlite://PATH` and migrates it.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, settings: &crate::config::Store) -> Result<Self, StoreError> {
         let path = url
             .trim_start_matches("sqlite://")
             .trim_start_matches("sqlite:")
@@ -63,61 +66,27 @@ impl SqliteStore {
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(settings.acquire_timeout)
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("./migrations").run(&writer).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(10))
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
-    }
-}
-
-/// The directory key an event replaces, and whether it removes it.
-fn directory_key(event: &Event) -> Option<(String, bool)> {
-    Some(match &event.data {
-        EventData::PartnerUpserted(p) => (format!("partner:{}", p.partner_id), false),
-        EventData::UserUpserted(u) => (format!("user:{}:{}", u.partner_id, u.user.user_id), false),
-        EventData::UserRemoved(u) => (format!("user:{}:{}", u.partner_id, u.user_id), true),
-        EventData::ProfileContactSet(c) => (format!("contact:{}:{}", c.partner_id, c.location_id), false),
-        _ => return None,
-    })
-}
-
-/// The event as a structured CloudEvent, to replay into the directory at start.
-fn cloudevent_json(event: &Event) -> String {
-    json!({
-        "specversion": "1.0",
-        "id": event.id,
-        "source": event.source,
-        "type": event.event_type,
-        "time": event.time,
-        "subject": event.subject,
-        "data": event.data,
-    })
-    .to_string()
-}
-
-async fn pending_items(tx: &mut Transaction<'_, Sqlite>, event_id: &str) -> Result<Vec<OutboxItem>, StoreError> {
-    let rows =
-        sqlx::query("SELECT id, delivery FROM notification_log WHERE event_id = ? AND status = 'pending' ORDER BY id")
-            .bind(event_id)
-            .fetch_all(&mut **tx)
-            .await?;
-    rows.into_iter()
-        .map(|row| {
-            let raw: String = row.try_get("delivery")?;
-            let stored: StoredDelivery =
-                serde_json::from_str(&raw).map_err(|e| StoreError(format!("a stored delivery is unreadable: {e}")))?;
-            Ok(OutboxItem {
-                log_id: row.try_get("id")?,
-                delivery: stored.into(),
-            })
+        Ok(Self {
+            writer,
+            reader,
+            owner: super::worker_id(),
+            lease: settings.lease,
         })
-        .collect()
+    }
+
+    /// When a lease taken now runs out.
+    fn lease_until(&self) -> String {
+        ts(Utc::now() + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX))
+    }
 }
 
 #[async_trait]
@@ -127,17 +96,20 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn load_directory(&self) -> Result<Directory, StoreError> {
-        let rows = sqlx::query("SELECT event_json FROM directory ORDER BY seq")
+    async fn directory_changes(&self, after: i64) -> Result<DirectoryChanges, StoreError> {
+        let rows = sqlx::query("SELECT seq, event_json FROM directory WHERE seq > ? ORDER BY seq")
+            .bind(after)
             .fetch_all(&self.reader)
             .await?;
-        let mut dir = Directory::new();
-        for row in rows {
-            let raw: String = row.try_get("event_json")?;
-            let event = decode_structured(raw.as_bytes()).map_err(|e| StoreError(format!("stored directory: {e}")))?;
-            dir.apply(&event);
-        }
-        Ok(dir)
+        let seq = rows.last().map_or(Ok(after), |r| r.try_get("seq"))?;
+        let raw = rows
+            .into_iter()
+            .map(|r| r.try_get("event_json"))
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(DirectoryChanges {
+            events: record::decode_rows(raw)?,
+            seq,
+        })
     }
 
     async fn state_for(&self, event: &Event) -> Result<MemoryState, StoreError> {
@@ -162,132 +134,63 @@ impl Store for SqliteStore {
     }
 
     async fn admit(&self, event: &Event, counters: &[DigestKey], plan: Planner<'_>) -> Result<Admission, StoreError> {
-        let id = event.id.as_str();
+        admit::admit(self, event, counters, plan).await
+    }
+
+    async fn claim_delivery(&self, log_id: i64) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let seen: Option<Option<String>> = sqlx::query_scalar("SELECT completed_at FROM events WHERE event_id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        match seen {
-            Some(Some(_)) => {
-                tx.commit().await?;
-                return Ok(Admission::Done);
-            }
-            Some(None) => {
-                let items = pending_items(&mut tx, id).await?;
-                tx.commit().await?;
-                return Ok(Admission::Pending { fresh: false, items });
-            }
-            None => {}
-        }
-        let now = now();
-        sqlx::query("INSERT INTO events (event_id, event_type, received_at) VALUES (?, ?, ?)")
-            .bind(id)
-            .bind(event.event_type.as_str())
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?;
-        let mut positions = Vec::with_capacity(counters.len());
-        for key in counters {
-            let count: i64 = sqlx::query_scalar(
-                "INSERT INTO digest_counters (counter, partner, day, count) VALUES (?, ?, ?, 1)
-                 ON CONFLICT (counter, partner, day) DO UPDATE SET count = count + 1 RETURNING count",
-            )
-            .bind(&key.counter)
-            .bind(key.partner.as_str())
-            .bind(key.day.to_string())
-            .fetch_one(&mut *tx)
-            .await?;
-            positions.push((key.clone(), u32::try_from(count).unwrap_or(u32::MAX)));
-        }
-        let plan = plan(&positions);
-        if let Some((key, removed)) = directory_key(event) {
-            if removed {
-                sqlx::query("DELETE FROM directory WHERE key = ?")
-                    .bind(&key)
-                    .execute(&mut *tx)
-                    .await?;
-            } else {
-                sqlx::query(
-                    "INSERT INTO directory (key, seq, event_json)
-                     VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM directory), ?)
-                     ON CONFLICT (key) DO UPDATE SET seq = excluded.seq, event_json = excluded.event_json",
-                )
-                .bind(&key)
-                .bind(cloudevent_json(event))
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        for change in &plan.records {
+        let (now, until) = (now(), self.lease_until());
+        let claimed = sqlx::query(
+            "UPDATE notification_log SET owner = ?, claim_until = ?
+             WHERE id = ? AND status = 'pending' AND (owner IS NULL OR owner = ? OR claim_until < ?)",
+        )
+        .bind(&self.owner)
+        .bind(&until)
+        .bind(log_id)
+        .bind(&self.owner)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if claimed {
             sqlx::query(
-                "INSERT INTO referral_states (referral, receiver, status, rule, event_id, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (referral, receiver) DO UPDATE SET status = excluded.status, rule = excluded.rule,
-                   event_id = excluded.event_id, updated_at = excluded.updated_at",
+                "UPDATE events SET lease_until = ? WHERE owner = ?
+                   AND event_id = (SELECT event_id FROM notification_log WHERE id = ?)",
             )
-            .bind(&change.referral)
-            .bind(change.receiver.as_deref().unwrap_or(""))
-            .bind(&change.status)
-            .bind(&change.rule)
-            .bind(id)
-            .bind(&now)
+            .bind(&until)
+            .bind(&self.owner)
+            .bind(log_id)
             .execute(&mut *tx)
             .await?;
         }
-        for delivery in &plan.deliveries {
-            let status = match delivery.decision {
-                Decision::Send => "pending",
-                Decision::Hold => "held",
-                Decision::Suppress => "suppressed",
-            };
-            let stored = serde_json::to_string(&StoredDelivery::from(delivery))
-                .map_err(|e| StoreError(format!("serialising a delivery: {e}")))?;
-            let log_id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO notification_log
-                   (event_id, event_type, notification, channel, recipient, status, rules, delivery, created_at, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (event_id, notification, channel, recipient) DO NOTHING RETURNING id",
-            )
-            .bind(id)
-            .bind(event.event_type.as_str())
-            .bind(&delivery.notification)
-            .bind(delivery.channel.to_string())
-            .bind(delivery.recipient.email.key())
-            .bind(status)
-            .bind(serde_json::to_string(&delivery.rules).unwrap_or_default())
-            .bind(stored)
-            .bind(&now)
-            .bind(&now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let (Some(log_id), Some(key)) = (log_id, delivery.digest.as_ref())
-                && delivery.decision == Decision::Hold
-            {
-                sqlx::query(
-                    "INSERT INTO held (log_id, counter, partner, day, recipient, created_at, event_json)
-                     VALUES (?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(log_id)
-                .bind(&key.counter)
-                .bind(key.partner.as_str())
-                .bind(key.day.to_string())
-                .bind(delivery.recipient.email.key())
-                .bind(&now)
-                .bind(cloudevent_json(event))
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        let items = pending_items(&mut tx, id).await?;
         tx.commit().await?;
-        Ok(Admission::Pending { fresh: true, items })
+        Ok(claimed)
+    }
+
+    async fn release(&self, event_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "UPDATE notification_log SET owner = NULL, claim_until = NULL
+             WHERE event_id = ? AND owner = ? AND status = 'pending'",
+        )
+        .bind(event_id)
+        .bind(&self.owner)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE events SET owner = NULL, lease_until = NULL WHERE event_id = ? AND owner = ?")
+            .bind(event_id)
+            .bind(&self.owner)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn mark_sent(&self, log_id: i64, message_id: Option<&str>) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE notification_log SET status = 'sent', message_id = ?, error = NULL, attempts = attempts + 1,
-               updated_at = ? WHERE id = ?",
+               owner = NULL, claim_until = NULL, updated_at = ? WHERE id = ?",
         )
         .bind(message_id)
         .bind(now())
@@ -299,8 +202,8 @@ impl Store for SqliteStore {
 
     async fn mark_failed(&self, log_id: i64, error: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE notification_log SET status = 'failed', error = ?, attempts = attempts + 1, updated_at = ?
-             WHERE id = ?",
+            "UPDATE notification_log SET status = 'failed', error = ?, attempts = attempts + 1, owner = NULL,
+               claim_until = NULL, updated_at = ? WHERE id = ?",
         )
         .bind(error)
         .bind(now())
@@ -320,13 +223,18 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn complete(&self, event_id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE events SET completed_at = ? WHERE event_id = ?")
-            .bind(now())
-            .bind(event_id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+    async fn complete(&self, event_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE events SET completed_at = COALESCE(completed_at, ?), owner = NULL, lease_until = NULL
+             WHERE event_id = ?
+               AND NOT EXISTS (SELECT 1 FROM notification_log WHERE event_id = ? AND status = 'pending')",
+        )
+        .bind(now())
+        .bind(event_id)
+        .bind(event_id)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn put_entry(&self, e: &ActionCenterEntry) -> Result<(), StoreError> {
@@ -369,63 +277,5 @@ impl Store for SqliteStore {
 
     async fn log_for_recipient(&self, email: &str, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
         digests::log_for_recipient(&self.reader, email, limit).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cli::{read_directory, read_event};
-    use crate::route::{RuleSet, route};
-    use std::path::Path;
-
-    #[tokio::test]
-    async fn admits_once_counts_atomically_and_holds_past_the_threshold() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let rules = RuleSet::load_dir(&root.join("rules")).unwrap();
-        let dir = read_directory(&root.join("rules/tests/directory.jsonl")).unwrap();
-        let lead = read_event(&root.join("rules/tests/events/lead.created.contact_me.json")).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&format!("sqlite://{}/s.db", tmp.path().display()))
-            .await
-            .unwrap();
-        let mut held = 0;
-        for n in 1..=11u32 {
-            let mut event = lead.clone();
-            event.id = crate::event::EventId::new(format!("lead-{n}"));
-            let counters = route(&event, &rules, &dir, &MemoryState::new()).counters;
-            let planner = |positions: &[(DigestKey, u32)]| {
-                assert_eq!(positions[0].1, n, "the post-increment position");
-                let mut state = MemoryState::new();
-                state.set_count(positions[0].0.clone(), positions[0].1);
-                route(&event, &rules, &dir, &state)
-            };
-            let Admission::Pending { fresh: true, items } = store.admit(&event, &counters, &planner).await.unwrap()
-            else {
-                panic!("a new event is admitted fresh");
-            };
-            held += 6 - items.len();
-            // The same id again: nothing re-planned, the same pending items, no extra count.
-            let again = store
-                .admit(&event, &counters, &|_| panic!("not re-planned"))
-                .await
-                .unwrap();
-            assert!(matches!(again, Admission::Pending { fresh: false, items: ref i } if i.len() == items.len()));
-            for item in items {
-                store.mark_sent(item.log_id, None).await.unwrap();
-            }
-            store.complete(event.id.as_str()).await.unwrap();
-            let done = store
-                .admit(&event, &counters, &|_| panic!("not re-planned"))
-                .await
-                .unwrap();
-            assert!(matches!(done, Admission::Done));
-        }
-        assert_eq!(held, 3, "the 11th lead's three emails are held, its entries are not");
-        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM held")
-            .fetch_one(&store.reader)
-            .await
-            .unwrap();
-        assert_eq!(rows, 3);
     }
 }

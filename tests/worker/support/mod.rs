@@ -1,17 +1,22 @@
-//! The harness: a real worker process per test, on its own exchange, queue,
-//! SQLite file, HTTP port and SMTP sink; a real AMQP client to publish.
+//! The harness: real worker processes per test, on their own exchange, queue,
+//! store (a SQLite file or a PostgreSQL database), HTTP port and SMTP sink;
+//! a real AMQP client to publish.
 
 pub mod broker;
 pub mod smtp;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use broker::Broker;
 pub use smtp::SmtpSink;
+pub(crate) use store::on_both_backends;
+pub use store::{Backend, TestStore};
 
 pub const JWT_SECRET: &str = "test-secret-for-the-action-center";
 
@@ -26,11 +31,13 @@ pub async fn exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
     GATE.write().await
 }
 
-/// A broker, an SMTP sink and a worker that already knows the test directory.
-pub async fn start(name: &str, extra: &[(&str, &str)]) -> (Broker, SmtpSink, Worker) {
+/// A broker, an SMTP sink and a worker on a fresh `backend` store that
+/// already knows the test directory.
+pub async fn start(name: &str, backend: Backend, extra: &[(&str, &str)]) -> (Broker, SmtpSink, Worker) {
     let broker = Broker::new(name).await;
     let smtp = SmtpSink::start().await;
-    let worker = Worker::start(&broker, &smtp, extra).await;
+    let store = TestStore::new(backend).await;
+    let worker = Worker::start(&broker, &smtp, &store, extra).await;
     let dir = directory_events();
     for line in &dir {
         broker.publish(line).await;
@@ -57,13 +64,15 @@ pub fn directory_events() -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// A unique name for this test's broker objects.
+/// A unique name for this test's broker objects (and database).
 pub fn unique(prefix: &str) -> String {
+    static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
-    format!("test-{prefix}-{}-{nanos:x}", std::process::id())
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("test-{prefix}-{}-{nanos:x}-{n}", std::process::id())
 }
 
 fn free_port() -> u16 {
@@ -77,15 +86,17 @@ fn free_port() -> u16 {
 pub struct Worker {
     child: Child,
     pub http: String,
-    /// Holds the worker's SQLite file and log; removed when the test ends.
+    /// Holds the worker's log; removed when the test ends.
     _dir: tempfile::TempDir,
     log: PathBuf,
     env: Vec<(String, String)>,
+    /// Kept until the last worker on it is gone (fields drop after `Drop::drop` kills the process).
+    _store: Arc<TestStore>,
 }
 
 impl Worker {
-    /// Starts `referral-router run` for `broker`'s names, sending mail to `smtp`.
-    pub async fn start(broker: &Broker, smtp: &SmtpSink, extra: &[(&str, &str)]) -> Self {
+    /// Starts `referral-router run` for `broker`'s names on `store`, sending mail to `smtp`.
+    pub async fn start(broker: &Broker, smtp: &SmtpSink, store: &Arc<TestStore>, extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut env: Vec<(String, String)> = vec![
@@ -108,10 +119,7 @@ impl Worker {
         .collect();
         env.push(("ROUTER__SMTP__PORT".into(), smtp.port.to_string()));
         env.push(("ROUTER__HTTP__ADDR".into(), format!("127.0.0.1:{port}")));
-        env.push((
-            "ROUTER__STORE__URL".into(),
-            format!("sqlite://{}", dir.path().join("router.db").display()),
-        ));
+        env.push(("ROUTER__STORE__URL".into(), store.url.clone()));
         env.push(("ROUTER__RULES__DIR".into(), root().join("rules").display().to_string()));
         env.push((
             "ROUTER__TEMPLATES__DIR".into(),
@@ -129,6 +137,7 @@ impl Worker {
             _dir: dir,
             log,
             env,
+            _store: store.clone(),
         };
         worker.wait_ready().await;
         worker
@@ -164,14 +173,19 @@ impl Worker {
             .sum()
     }
 
+    /// Messages acked or dead-lettered so far.
+    pub async fn settled(&self) -> f64 {
+        self.metric("router_messages_settled_total{outcome=\"ack\"}").await
+            + self
+                .metric("router_messages_settled_total{outcome=\"dead_letter\"}")
+                .await
+    }
+
     /// Waits (bounded) until `n` messages were acked or dead-lettered in total.
     pub async fn wait_settled(&self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let done = self.metric("router_messages_settled_total{outcome=\"ack\"}").await
-                + self
-                    .metric("router_messages_settled_total{outcome=\"dead_letter\"}")
-                    .await;
+            let done = self.settled().await;
             if done >= n as f64 {
                 return;
             }

@@ -1,0 +1,202 @@
+//! Admission in PostgreSQL: one transaction records the event (or locks its
+//! row and takes its lease), counts it, applies its directory change (last
+//! writer wins by event time) and state records, and logs every planned delivery.
+
+use std::time::Duration;
+
+use sqlx::{Postgres, Row, Transaction};
+
+use super::PgStore;
+use crate::event::Event;
+use crate::route::{Decision, DigestKey};
+use crate::store::{Admission, OutboxItem, Planner, StoreError, StoredDelivery, record};
+
+pub async fn admit(
+    store: &PgStore,
+    event: &Event,
+    counters: &[DigestKey],
+    plan: Planner<'_>,
+) -> Result<Admission, StoreError> {
+    let id = event.id.as_str();
+    let mut tx = store.pool.begin().await?;
+    // A concurrent insert of the same id waits for the first transaction and
+    // then does nothing: exactly one worker records the event.
+    let inserted = sqlx::query(
+        "INSERT INTO events (event_id, event_type, received_at, owner, lease_until)
+         VALUES ($1, $2, now(), $3, now() + make_interval(secs => $4))
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(event.event_type.as_str())
+    .bind(&store.owner)
+    .bind(store.lease_secs)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !inserted {
+        return resume(store, tx, id).await;
+    }
+    let positions = count(&mut tx, counters).await?;
+    let plan = plan(&positions);
+    if let Some(key) = record::directory_key(event) {
+        // The version row's lock serialises directory writers, so readers
+        // asking for `seq > n` never miss a change that commits late.
+        let seq: i64 = sqlx::query_scalar("UPDATE directory_version SET seq = seq + 1 WHERE id = 1 RETURNING seq")
+            .fetch_one(&mut *tx)
+            .await?;
+        // Last writer wins by (event time, event id): a late or reordered
+        // change never replaces a newer one, whatever order workers see them in.
+        sqlx::query(
+            "INSERT INTO directory (key, seq, event_time, event_id, event_json) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (key) DO UPDATE SET seq = excluded.seq, event_time = excluded.event_time,
+               event_id = excluded.event_id, event_json = excluded.event_json
+             WHERE (excluded.event_time, excluded.event_id) > (directory.event_time, directory.event_id)",
+        )
+        .bind(&key)
+        .bind(seq)
+        .bind(event.time)
+        .bind(id)
+        .bind(record::cloudevent_json(event))
+        .execute(&mut *tx)
+        .await?;
+    }
+    for change in &plan.records {
+        sqlx::query(
+            "INSERT INTO referral_states (referral, receiver, status, rule, event_id, updated_at)
+             VALUES ($1, $2, $3, $4, $5, now())
+             ON CONFLICT (referral, receiver) DO UPDATE SET status = excluded.status, rule = excluded.rule,
+               event_id = excluded.event_id, updated_at = excluded.updated_at",
+        )
+        .bind(&change.referral)
+        .bind(change.receiver.as_deref().unwrap_or(""))
+        .bind(&change.status)
+        .bind(&change.rule)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for delivery in &plan.deliveries {
+        let status = match delivery.decision {
+            Decision::Send => "pending",
+            Decision::Hold => "held",
+            Decision::Suppress => "suppressed",
+        };
+        let stored = serde_json::to_string(&StoredDelivery::from(delivery))
+            .map_err(|e| StoreError(format!("serializing a delivery: {e}")))?;
+        let log_id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO notification_log
+               (event_id, event_type, notification, channel, recipient, status, rules, delivery, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), now())
+             ON CONFLICT (event_id, notification, channel, recipient) DO NOTHING RETURNING id",
+        )
+        .bind(id)
+        .bind(event.event_type.as_str())
+        .bind(&delivery.notification)
+        .bind(delivery.channel.to_string())
+        .bind(delivery.recipient.email.key())
+        .bind(status)
+        .bind(serde_json::to_string(&delivery.rules).unwrap_or_default())
+        .bind(stored)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let (Some(log_id), Some(key)) = (log_id, delivery.digest.as_ref())
+            && delivery.decision == Decision::Hold
+        {
+            sqlx::query(
+                "INSERT INTO held (log_id, counter, partner, day, recipient, created_at, event_json)
+                 VALUES ($1, $2, $3, $4, $5, now(), $6)",
+            )
+            .bind(log_id)
+            .bind(&key.counter)
+            .bind(key.partner.as_str())
+            .bind(key.day)
+            .bind(delivery.recipient.email.key())
+            .bind(record::cloudevent_json(event))
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    let items = pending_items(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Admission::Pending { fresh: true, items })
+}
+
+/// The event was recorded before: done, someone else's, or ours to finish.
+async fn resume(store: &PgStore, mut tx: Transaction<'_, Postgres>, id: &str) -> Result<Admission, StoreError> {
+    let row = sqlx::query(
+        "SELECT completed_at IS NOT NULL AS done, owner,
+                EXTRACT(EPOCH FROM (lease_until - now()))::float8 AS lease_left
+         FROM events WHERE event_id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let done: bool = row.try_get("done")?;
+    let owner: Option<String> = row.try_get("owner")?;
+    let left: Option<f64> = row.try_get("lease_left")?;
+    if done {
+        tx.commit().await?;
+        return Ok(Admission::Done);
+    }
+    if let (Some(owner), Some(left)) = (owner, left)
+        && owner != store.owner
+        && left > 0.0
+    {
+        tx.commit().await?;
+        let retry_in = Duration::try_from_secs_f64(left).unwrap_or_default();
+        return Ok(Admission::Busy {
+            retry_in: retry_in.max(Duration::from_millis(50)),
+        });
+    }
+    sqlx::query("UPDATE events SET owner = $1, lease_until = now() + make_interval(secs => $2) WHERE event_id = $3")
+        .bind(&store.owner)
+        .bind(store.lease_secs)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let items = pending_items(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Admission::Pending { fresh: false, items })
+}
+
+/// Counts the event under each key (in key order, so two transactions never
+/// wait on each other's counters in a cycle); returns each post-increment position.
+async fn count(
+    tx: &mut Transaction<'_, Postgres>,
+    counters: &[DigestKey],
+) -> Result<Vec<(DigestKey, u32)>, StoreError> {
+    let mut order: Vec<&DigestKey> = counters.iter().collect();
+    order.sort();
+    let mut positions = Vec::with_capacity(counters.len());
+    for key in order {
+        let count: i64 = sqlx::query_scalar(
+            "INSERT INTO digest_counters (counter, partner, day, count) VALUES ($1, $2, $3, 1)
+             ON CONFLICT (counter, partner, day) DO UPDATE SET count = digest_counters.count + 1 RETURNING count",
+        )
+        .bind(&key.counter)
+        .bind(key.partner.as_str())
+        .bind(key.day)
+        .fetch_one(&mut **tx)
+        .await?;
+        positions.push((key.clone(), u32::try_from(count).unwrap_or(u32::MAX)));
+    }
+    Ok(positions)
+}
+
+async fn pending_items(tx: &mut Transaction<'_, Postgres>, event_id: &str) -> Result<Vec<OutboxItem>, StoreError> {
+    let rows =
+        sqlx::query("SELECT id, delivery FROM notification_log WHERE event_id = $1 AND status = 'pending' ORDER BY id")
+            .bind(event_id)
+            .fetch_all(&mut **tx)
+            .await?;
+    rows.into_iter()
+        .map(|row| {
+            let raw: String = row.try_get("delivery")?;
+            Ok(OutboxItem {
+                log_id: row.try_get("id")?,
+                delivery: StoredDelivery::parse(&raw)?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,222 @@
+//! The shared store: PostgreSQL through a sqlx `PgPool` of
+//! `store.max_connections`, for several workers on one database. Admission
+//! locks the event's row, so exactly one worker records an event; leases on
+//! events and claims on deliveries (timed by the database's clock) keep two
+//! workers from sending the same delivery and let a crashed worker's work be
+//! taken over once its lease runs out.
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+mod admit;
+mod digests;
+mod entries;
+
+use super::{
+    ActionCenterEntry, Admission, DigestClaim, DirectoryChanges, HeldGroup, LogEntry, Planner, Store, StoreError,
+    record,
+};
+use crate::event::Event;
+use crate::route::{DigestKey, MemoryState};
+use chrono::{DateTime, Utc};
+
+pub struct PgStore {
+    pool: PgPool,
+    /// This worker's name in leases.
+    owner: String,
+    /// `store.lease` in seconds, for `make_interval`.
+    lease_secs: f64,
+}
+
+impl PgStore {
+    /// Connects to `settings.url` and migrates the database (one worker at a
+    /// time: sqlx holds an advisory lock while migrating).
+    pub async fn open(settings: &crate::config::Store) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect(settings.url.expose())
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self {
+            pool,
+            owner: super::worker_id(),
+            lease_secs: settings.lease.as_secs_f64(),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn directory_changes(&self, after: i64) -> Result<DirectoryChanges, StoreError> {
+        let rows = sqlx::query("SELECT seq, event_json FROM directory WHERE seq > $1 ORDER BY seq")
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+        let seq = rows.last().map_or(Ok(after), |r| r.try_get("seq"))?;
+        let raw = rows
+            .into_iter()
+            .map(|r| r.try_get("event_json"))
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(DirectoryChanges {
+            events: record::decode_rows(raw)?,
+            seq,
+        })
+    }
+
+    async fn state_for(&self, event: &Event) -> Result<MemoryState, StoreError> {
+        let mut state = MemoryState::new();
+        let Some(referral) = event.referral() else {
+            return Ok(state);
+        };
+        let rows = sqlx::query("SELECT receiver, status FROM referral_states WHERE referral = $1")
+            .bind(referral.id.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        for row in rows {
+            let receiver: String = row.try_get("receiver")?;
+            let status: String = row.try_get("status")?;
+            if receiver.is_empty() {
+                state.set_referral_status(referral.id.as_str(), &status);
+            } else {
+                state.set_receiver_status(referral.id.as_str(), &receiver, &status);
+            }
+        }
+        Ok(state)
+    }
+
+    async fn admit(&self, event: &Event, counters: &[DigestKey], plan: Planner<'_>) -> Result<Admission, StoreError> {
+        admit::admit(self, event, counters, plan).await
+    }
+
+    async fn claim_delivery(&self, log_id: i64) -> Result<bool, StoreError> {
+        // One statement: claim the delivery and, if that worked, renew the event's lease.
+        let claimed: i64 = sqlx::query_scalar(
+            "WITH c AS (
+               UPDATE notification_log SET owner = $1, claim_until = now() + make_interval(secs => $2)
+               WHERE id = $3 AND status = 'pending' AND (owner IS NULL OR owner = $1 OR claim_until < now())
+               RETURNING event_id
+             ), e AS (
+               UPDATE events SET lease_until = now() + make_interval(secs => $2)
+               WHERE owner = $1 AND event_id IN (SELECT event_id FROM c)
+             )
+             SELECT COUNT(*) FROM c",
+        )
+        .bind(&self.owner)
+        .bind(self.lease_secs)
+        .bind(log_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(claimed == 1)
+    }
+
+    async fn release(&self, event_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "WITH d AS (
+               UPDATE notification_log SET owner = NULL, claim_until = NULL
+               WHERE event_id = $1 AND owner = $2 AND status = 'pending'
+             )
+             UPDATE events SET owner = NULL, lease_until = NULL WHERE event_id = $1 AND owner = $2",
+        )
+        .bind(event_id)
+        .bind(&self.owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_sent(&self, log_id: i64, message_id: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE notification_log SET status = 'sent', message_id = $1, error = NULL, attempts = attempts + 1,
+               owner = NULL, claim_until = NULL, updated_at = now() WHERE id = $2",
+        )
+        .bind(message_id)
+        .bind(log_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_failed(&self, log_id: i64, error: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE notification_log SET status = 'failed', error = $1, attempts = attempts + 1, owner = NULL,
+               claim_until = NULL, updated_at = now() WHERE id = $2",
+        )
+        .bind(error)
+        .bind(log_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn note_attempt(&self, log_id: i64, error: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE notification_log SET error = $1, attempts = attempts + 1, updated_at = now() WHERE id = $2",
+        )
+        .bind(error)
+        .bind(log_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn complete(&self, event_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE events SET completed_at = COALESCE(completed_at, now()), owner = NULL, lease_until = NULL
+             WHERE event_id = $1
+               AND NOT EXISTS (SELECT 1 FROM notification_log WHERE event_id = $1 AND status = 'pending')",
+        )
+        .bind(event_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn put_entry(&self, e: &ActionCenterEntry) -> Result<(), StoreError> {
+        entries::put(&self.pool, e).await
+    }
+
+    async fn entries(&self, user: &str, unread_only: bool, limit: u32) -> Result<Vec<ActionCenterEntry>, StoreError> {
+        entries::list(&self.pool, user, unread_only, limit).await
+    }
+
+    async fn unread_count(&self, user: &str) -> Result<u64, StoreError> {
+        entries::unread(&self.pool, user).await
+    }
+
+    async fn mark_read(&self, user: &str, id: Option<&str>) -> Result<u64, StoreError> {
+        entries::mark_read(&self.pool, user, id).await
+    }
+
+    async fn held_groups(&self) -> Result<Vec<HeldGroup>, StoreError> {
+        digests::groups(&self.pool).await
+    }
+
+    async fn claim_digest(
+        &self,
+        group: &HeldGroup,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<DigestClaim>, StoreError> {
+        digests::claim(&self.pool, group, worker, now, lease_until).await
+    }
+
+    async fn digest_sent(&self, digest_id: &str, message_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        digests::sent(&self.pool, digest_id, message_id, now).await
+    }
+
+    async fn log_for_event(&self, event_id: &str) -> Result<Vec<LogEntry>, StoreError> {
+        digests::log_for_event(&self.pool, event_id).await
+    }
+
+    async fn log_for_recipient(&self, email: &str, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
+        digests::log_for_recipient(&self.pool, email, limit).await
+    }
+}

@@ -1,0 +1,183 @@
+//! Admission in SQLite: one transaction records the event (or finds it and
+//! takes its lease), counts it, applies its directory change and state
+//! records, and logs every planned delivery.
+
+use std::time::Duration;
+
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{SqliteStore, now, parse_ts, ts};
+use crate::event::Event;
+use crate::route::{Decision, DigestKey};
+use crate::store::{Admission, OutboxItem, Planner, StoreError, StoredDelivery, record};
+
+pub async fn admit(
+    store: &SqliteStore,
+    event: &Event,
+    counters: &[DigestKey],
+    plan: Planner<'_>,
+) -> Result<Admission, StoreError> {
+    let id = event.id.as_str();
+    let now = now();
+    let until = store.lease_until();
+    let mut tx = store.writer.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO events (event_id, event_type, received_at, owner, lease_until) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(event.event_type.as_str())
+    .bind(&now)
+    .bind(&store.owner)
+    .bind(&until)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !inserted {
+        let row = sqlx::query("SELECT completed_at, owner, lease_until FROM events WHERE event_id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let completed: Option<String> = row.try_get("completed_at")?;
+        let owner: Option<String> = row.try_get("owner")?;
+        let lease: Option<String> = row.try_get("lease_until")?;
+        if completed.is_some() {
+            tx.commit().await?;
+            return Ok(Admission::Done);
+        }
+        if let (Some(owner), Some(lease)) = (owner, lease.as_deref().and_then(parse_ts))
+            && owner != store.owner
+            && lease > chrono::Utc::now()
+        {
+            tx.commit().await?;
+            let retry_in = (lease - chrono::Utc::now()).to_std().unwrap_or_default();
+            return Ok(Admission::Busy {
+                retry_in: retry_in.max(Duration::from_millis(50)),
+            });
+        }
+        sqlx::query("UPDATE events SET owner = ?, lease_until = ? WHERE event_id = ?")
+            .bind(&store.owner)
+            .bind(&until)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let items = pending_items(&mut tx, id).await?;
+        tx.commit().await?;
+        return Ok(Admission::Pending { fresh: false, items });
+    }
+    let mut positions = Vec::with_capacity(counters.len());
+    for key in counters {
+        let count: i64 = sqlx::query_scalar(
+            "INSERT INTO digest_counters (counter, partner, day, count) VALUES (?, ?, ?, 1)
+             ON CONFLICT (counter, partner, day) DO UPDATE SET count = count + 1 RETURNING count",
+        )
+        .bind(&key.counter)
+        .bind(key.partner.as_str())
+        .bind(key.day.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        positions.push((key.clone(), u32::try_from(count).unwrap_or(u32::MAX)));
+    }
+    let plan = plan(&positions);
+    if let Some(key) = record::directory_key(event) {
+        let seq: i64 = sqlx::query_scalar("UPDATE directory_version SET seq = seq + 1 WHERE id = 1 RETURNING seq")
+            .fetch_one(&mut *tx)
+            .await?;
+        // Last writer wins by (event time, event id): a late or reordered
+        // change never replaces a newer one, whatever order workers see them in.
+        sqlx::query(
+            "INSERT INTO directory (key, seq, event_time, event_id, event_json) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (key) DO UPDATE SET seq = excluded.seq, event_time = excluded.event_time,
+               event_id = excluded.event_id, event_json = excluded.event_json
+             WHERE (excluded.event_time, excluded.event_id) > (directory.event_time, directory.event_id)",
+        )
+        .bind(&key)
+        .bind(seq)
+        .bind(ts(event.time))
+        .bind(id)
+        .bind(record::cloudevent_json(event))
+        .execute(&mut *tx)
+        .await?;
+    }
+    for change in &plan.records {
+        sqlx::query(
+            "INSERT INTO referral_states (referral, receiver, status, rule, event_id, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (referral, receiver) DO UPDATE SET status = excluded.status, rule = excluded.rule,
+               event_id = excluded.event_id, updated_at = excluded.updated_at",
+        )
+        .bind(&change.referral)
+        .bind(change.receiver.as_deref().unwrap_or(""))
+        .bind(&change.status)
+        .bind(&change.rule)
+        .bind(id)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for delivery in &plan.deliveries {
+        let status = match delivery.decision {
+            Decision::Send => "pending",
+            Decision::Hold => "held",
+            Decision::Suppress => "suppressed",
+        };
+        let stored = serde_json::to_string(&StoredDelivery::from(delivery))
+            .map_err(|e| StoreError(format!("serializing a delivery: {e}")))?;
+        let log_id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO notification_log
+               (event_id, event_type, notification, channel, recipient, status, rules, delivery, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (event_id, notification, channel, recipient) DO NOTHING RETURNING id",
+        )
+        .bind(id)
+        .bind(event.event_type.as_str())
+        .bind(&delivery.notification)
+        .bind(delivery.channel.to_string())
+        .bind(delivery.recipient.email.key())
+        .bind(status)
+        .bind(serde_json::to_string(&delivery.rules).unwrap_or_default())
+        .bind(stored)
+        .bind(&now)
+        .bind(&now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let (Some(log_id), Some(key)) = (log_id, delivery.digest.as_ref())
+            && delivery.decision == Decision::Hold
+        {
+            sqlx::query(
+                "INSERT INTO held (log_id, counter, partner, day, recipient, created_at, event_json)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(log_id)
+            .bind(&key.counter)
+            .bind(key.partner.as_str())
+            .bind(key.day.to_string())
+            .bind(delivery.recipient.email.key())
+            .bind(&now)
+            .bind(record::cloudevent_json(event))
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    let items = pending_items(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Admission::Pending { fresh: true, items })
+}
+
+async fn pending_items(tx: &mut Transaction<'_, Sqlite>, event_id: &str) -> Result<Vec<OutboxItem>, StoreError> {
+    let rows =
+        sqlx::query("SELECT id, delivery FROM notification_log WHERE event_id = ? AND status = 'pending' ORDER BY id")
+            .bind(event_id)
+            .fetch_all(&mut **tx)
+            .await?;
+    rows.into_iter()
+        .map(|row| {
+            let raw: String = row.try_get("delivery")?;
+            Ok(OutboxItem {
+                log_id: row.try_get("id")?,
+                delivery: StoredDelivery::parse(&raw)?,
+            })
+        })
+        .collect()
+}
