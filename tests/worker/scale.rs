@@ -3,11 +3,13 @@
 //! them as competing consumers), and every expected email arrives exactly once;
 //! a worker killed mid-event has its event taken over when its lease runs out.
 //!
-//! The events are built so their expected emails do not depend on the order
-//! the workers happen to process them in: each event has its own referral and
-//! lead, and each Contact-me lead its own day (so none reaches the digest
-//! threshold). A digest case adds same-day leads to [`mixed_events`] and
-//! counts the held ones in [`expected_emails`].
+//! The mixed events are built so their expected emails do not depend on the
+//! order the workers happen to process them in: each event has its own
+//! referral and lead, and each Contact-me lead its own day. Mixed in with them,
+//! 30 Contact-me leads for one partner on one day of its own: which ten go out
+//! one by one depends on that order, so they are checked by count: ten single
+//! emails and one digest of the other twenty per recipient, each lead once,
+//! with three flushes racing for the digests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -88,6 +90,34 @@ fn expected_emails(events: &[serde_json::Value]) -> BTreeSet<String> {
     ids
 }
 
+/// 30 Contact-me leads for Fabrikam on 10 June 2026 in Los Angeles, a day no mixed event uses.
+fn same_day_leads() -> Vec<serde_json::Value> {
+    (1..=30)
+        .map(|n| {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&support::example("lead.created.contact_me.json")).unwrap();
+            v["id"] = format!("scale-digest-{n}").into();
+            v["time"] = format!("2026-06-10T17:{n:02}:00Z").into();
+            v["data"]["lead"]["id"] = format!("scale-digest-lead-{n}").into();
+            v["data"]["lead"]["customer"]["company"] = format!("Company-{n:02}").into();
+            v
+        })
+        .collect()
+}
+
+/// The `Company-NN` names a message's text part lists.
+fn companies(m: &support::smtp::Received) -> BTreeSet<String> {
+    let text = m.parsed().body_text(0).unwrap_or_default().to_string();
+    text.split(|c: char| !c.is_alphanumeric() && c != '-')
+        .filter(|w| w.starts_with("Company-"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn header(m: &support::smtp::Received, name: &str) -> String {
+    m.parsed().header_raw(name).unwrap_or_default().trim().to_string()
+}
+
 async fn settled(workers: &[Worker]) -> f64 {
     let mut total = 0.0;
     for w in workers {
@@ -120,7 +150,12 @@ async fn three_workers_on_one_queue_and_database_send_every_email_exactly_once()
     let store = TestStore::new(Backend::Postgres).await;
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
-        let env = [("ROUTER__LOG__LEVEL", "info"), ("ROUTER__STORE__MAX_CONNECTIONS", "6")];
+        let env = [
+            ("ROUTER__LOG__LEVEL", "info"),
+            ("ROUTER__STORE__MAX_CONNECTIONS", "6"),
+            // Digests are flushed below, by three racing `digest flush` commands.
+            ("ROUTER__DIGEST__CHECK_EVERY", "1h"),
+        ];
         workers.push(Worker::start(&broker, &smtp, &store, &env).await);
     }
     let directory = support::directory_events();
@@ -131,11 +166,20 @@ async fn three_workers_on_one_queue_and_database_send_every_email_exactly_once()
 
     let events = mixed_events(ROUNDS);
     let expected = expected_emails(&events);
+    let leads = same_day_leads();
     let started = Instant::now();
-    for event in &events {
+    for (n, event) in events.iter().enumerate() {
         broker.publish(&serde_json::to_vec(event).unwrap()).await;
+        if n % 60 == 0 && n / 60 < leads.len() {
+            broker.publish(&serde_json::to_vec(&leads[n / 60]).unwrap()).await;
+        }
     }
-    wait_settled(&workers, directory.len() + events.len(), Duration::from_secs(300)).await;
+    wait_settled(
+        &workers,
+        directory.len() + events.len() + leads.len(),
+        Duration::from_secs(300),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     eprintln!(
         "{} events, {} emails through {WORKERS} workers in {:?}",
@@ -144,8 +188,57 @@ async fn three_workers_on_one_queue_and_database_send_every_email_exactly_once()
         started.elapsed()
     );
 
+    // The same-day leads: ten single emails per recipient, the rest held.
+    let recipients = [
+        "dana@fabrikam.example",
+        "gina@fabrikam.example",
+        "sales@fabrikam.example",
+    ];
+    let mut singles: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for m in smtp
+        .messages()
+        .iter()
+        .filter(|m| header(m, "X-Router-Event").starts_with("scale-digest-"))
+    {
+        let seen = singles.entry(m.rcpt.join(",")).or_default();
+        for c in companies(m) {
+            assert!(seen.insert(c.clone()), "{c} emailed twice to {:?}", m.rcpt);
+        }
+    }
+    for r in recipients {
+        assert_eq!(singles.get(r).map_or(0, BTreeSet::len), 10, "{r}: ten leads one by one");
+    }
+    // Three flushes at once, one per worker's settings: each recipient's digest is sent by exactly one.
+    let mut flushes: Vec<_> = workers.iter().map(|w| w.spawn_cli(&["digest", "flush"])).collect();
+    for f in &mut flushes {
+        assert!(f.wait().unwrap().success(), "a digest flush failed");
+    }
+    let digests: Vec<_> = smtp
+        .messages()
+        .into_iter()
+        .filter(|m| header(m, "X-Router-Notification") == "leads-digest")
+        .collect();
+    assert_eq!(digests.len(), 3, "one digest per recipient");
+    let all: BTreeSet<String> = (1..=30).map(|n| format!("Company-{n:02}")).collect();
+    for d in &digests {
+        let r = d.rcpt.join(",");
+        let listed = companies(d);
+        assert_eq!(listed.len(), 20, "{r}: the twenty held leads");
+        assert!(
+            listed.is_disjoint(&singles[&r]),
+            "{r}: a lead both alone and in the digest"
+        );
+        let union: BTreeSet<String> = listed.union(&singles[&r]).cloned().collect();
+        assert_eq!(union, all, "{r}: every lead exactly once");
+    }
+
     let mut received: BTreeMap<String, usize> = BTreeMap::new();
-    for m in smtp.messages() {
+    for m in smtp
+        .messages()
+        .iter()
+        .filter(|m| !header(m, "X-Router-Event").starts_with("scale-digest-"))
+        .filter(|m| header(m, "X-Router-Notification") != "leads-digest")
+    {
         let id = m.parsed().message_id().expect("a Message-ID").to_string();
         *received
             .entry(format!("<{}>", id.trim_matches(['<', '>'])))
