@@ -39,6 +39,11 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The dead-letter queue: list what is there and why, or replay it.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Digests of held leads.
     Digest {
         #[command(subcommand)]
@@ -127,6 +132,27 @@ enum TemplatesCommand {
 }
 
 #[derive(Subcommand)]
+enum DlqCommand {
+    /// Show dead letters (they stay in the queue) with their reason and error.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Put dead letters back on the events exchange, then remove them from the queue.
+    Replay {
+        /// Only those dead-lettered for this reason (e.g. `retries_exhausted`).
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum DigestCommand {
     /// Send every held digest now, due or not. Safe beside running workers.
     Flush {
@@ -174,6 +200,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     app::run(app).await
                 })
                 .map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { command } => {
+            let (config, limit) = match &command {
+                DlqCommand::List { config, limit } | DlqCommand::Replay { config, limit, .. } => {
+                    (config.clone(), *limit)
+                }
+            };
+            let settings = Settings::load(config.as_deref())?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let out = runtime
+                .block_on(async {
+                    match &command {
+                        DlqCommand::List { .. } => cli::dlq::list(&settings.amqp, limit).await,
+                        DlqCommand::Replay { reason, .. } => {
+                            cli::dlq::replay(&settings.amqp, reason.as_deref(), limit).await
+                        }
+                    }
+                })
+                .map_err(anyhow::Error::msg)?;
+            print!("{out}");
+            if !out.ends_with('\n') {
+                println!();
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Digest {

@@ -11,6 +11,7 @@ on_both_backends!(
     bad_input_is_dead_lettered_with_a_reason_and_the_next_event_still_goes_out,
     smtp_down_for_a_while_then_back_gives_exactly_one_delivery,
     a_message_that_keeps_failing_is_dead_lettered_after_bounded_retries,
+    a_dead_letter_is_replayed_once_its_cause_is_gone,
 );
 
 async fn a_duplicate_event_id_gives_one_email_in_either_cloudevents_mode(backend: Backend) {
@@ -123,5 +124,48 @@ async fn a_message_that_keeps_failing_is_dead_lettered_after_bounded_retries(bac
     assert_eq!(dead[0].reason, "retries_exhausted");
     assert!(dead[0].error.contains("after 3 attempts"), "{}", dead[0].error);
     assert!(smtp.messages().is_empty());
+    broker.cleanup().await;
+}
+
+async fn a_dead_letter_is_replayed_once_its_cause_is_gone(backend: Backend) {
+    let _gate = support::shared().await;
+    let (broker, smtp, worker) = support::start("replay", backend, &[("ROUTER__RETRY__MAX_ATTEMPTS", "2")]).await;
+    smtp.set_down(true);
+    broker.publish(&example("cosell.solution.validation_passed.json")).await;
+    broker.publish_raw("lead.created", b"{not json").await;
+    worker
+        .wait_settled(support::directory_events().len() + 2, Duration::from_secs(30))
+        .await;
+    let listed = String::from_utf8_lossy(&worker.cli(&["dlq", "list"]).stdout).to_string();
+    assert!(listed.starts_with("2 dead letter(s)"), "{listed}");
+    assert!(
+        listed.contains("retries_exhausted") && listed.contains("cosell.solution.validation_passed"),
+        "{listed}"
+    );
+    assert!(listed.contains("not_json"), "{listed}");
+
+    // The outage is over: replaying the exhausted one delivers it, once; the bad one stays.
+    smtp.set_down(false);
+    let out = worker.cli(&["dlq", "replay", "--reason", "retries_exhausted"]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        said.contains("replayed 1 dead letter(s)") && said.contains("left 1"),
+        "{said}"
+    );
+    let mails = smtp.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].rcpt, ["ben@fabrikam.example"]);
+    // Replaying again changes nothing.
+    let said =
+        String::from_utf8_lossy(&worker.cli(&["dlq", "replay", "--reason", "retries_exhausted"]).stdout).to_string();
+    assert!(said.contains("replayed 0"), "{said}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.messages().len(), 1);
+    let listed = String::from_utf8_lossy(&worker.cli(&["dlq", "list"]).stdout).to_string();
+    assert!(
+        listed.starts_with("1 dead letter(s)") && listed.contains("not_json"),
+        "{listed}"
+    );
     broker.cleanup().await;
 }
