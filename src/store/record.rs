@@ -1,6 +1,7 @@
-//! What both backends write for a directory change: the key it replaces and
-//! the event itself, stored as a structured CloudEvent so any worker can
-//! replay it into its in-memory directory.
+//! What both backends write and read the same way: a directory change (the
+//! key it replaces and the event itself, stored as a structured CloudEvent so
+//! any worker can replay it into its in-memory directory), digest ids, held
+//! items and notification-log rows.
 
 use serde_json::json;
 
@@ -40,4 +41,77 @@ pub fn decode_rows(rows: impl IntoIterator<Item = String>) -> Result<Vec<Event>,
                 .map_err(|e| super::StoreError(format!("stored directory: {e}")))
         })
         .collect()
+}
+
+/// The id of a digest: its recipient group and exactly the held items it lists,
+/// so a digest taken over after a crash keeps its id (and its Message-ID).
+pub fn digest_id(group: &super::HeldGroup, held_ids: &[i64]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        &group.key.counter,
+        group.key.partner.as_str(),
+        &group.key.day.to_string(),
+        &group.recipient,
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    for id in held_ids {
+        h.update(id.to_le_bytes());
+    }
+    let hex: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+    format!("dg-{hex}")
+}
+
+/// A held item from its stored parts: the lead as a CloudEvent and the planned delivery.
+pub fn held_item(log_id: i64, event_json: &str, delivery: &str) -> Result<super::HeldItem, super::StoreError> {
+    let stored: super::StoredDelivery =
+        serde_json::from_str(delivery).map_err(|e| super::StoreError(format!("a held delivery is unreadable: {e}")))?;
+    Ok(super::HeldItem {
+        log_id,
+        event: crate::decode::decode_structured(event_json.as_bytes())
+            .map_err(|e| super::StoreError(format!("a held event: {e}")))?,
+        delivery: stored.into(),
+    })
+}
+
+/// The text columns of a notification-log row, as both backends store them.
+pub struct LogText {
+    pub event_id: String,
+    pub event_type: String,
+    pub notification: String,
+    pub channel: String,
+    pub recipient: String,
+    pub status: String,
+    pub rules: String,
+    pub message_id: Option<String>,
+    pub digest_id: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A notification-log entry from its stored columns.
+pub fn log_entry(
+    t: LogText,
+    attempts: i64,
+    created_at: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+) -> Result<super::LogEntry, super::StoreError> {
+    let status = super::LogStatus::parse(&t.status)
+        .ok_or_else(|| super::StoreError(format!("unknown log status `{}`", t.status)))?;
+    Ok(super::LogEntry {
+        event_id: t.event_id,
+        event_type: t.event_type,
+        notification: t.notification,
+        channel: t.channel,
+        recipient: t.recipient,
+        status,
+        rules: serde_json::from_str(&t.rules).unwrap_or_default(),
+        message_id: t.message_id,
+        digest_id: t.digest_id,
+        error: t.error,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        created_at,
+        updated_at,
+    })
 }

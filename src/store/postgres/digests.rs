@@ -5,14 +5,12 @@
 //! same digest.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use sha2::{Digest, Sha256};
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 
-use crate::decode::decode_structured;
 use crate::event::PartnerId;
 use crate::route::DigestKey;
-use crate::store::{DigestClaim, HeldGroup, HeldItem, LogEntry, LogStatus, StoreError, StoredDelivery};
+use crate::store::{DigestClaim, HeldGroup, HeldItem, LogEntry, StoreError, record};
 
 pub async fn groups(pool: &PgPool) -> Result<Vec<HeldGroup>, StoreError> {
     let rows = sqlx::query(
@@ -37,25 +35,6 @@ pub async fn groups(pool: &PgPool) -> Result<Vec<HeldGroup>, StoreError> {
             })
         })
         .collect()
-}
-
-/// The id of a digest: the group and exactly the items it lists.
-fn digest_id(group: &HeldGroup, held_ids: &[i64]) -> String {
-    let mut h = Sha256::new();
-    for part in [
-        &group.key.counter,
-        group.key.partner.as_str(),
-        &group.key.day.to_string(),
-        &group.recipient,
-    ] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    for id in held_ids {
-        h.update(id.to_le_bytes());
-    }
-    let hex: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
-    format!("dg-{hex}")
 }
 
 pub async fn claim(
@@ -122,7 +101,7 @@ pub async fn claim(
                 tx.commit().await?;
                 return Ok(None);
             }
-            let id = digest_id(group, &held);
+            let id = record::digest_id(group, &held);
             sqlx::query(
                 "INSERT INTO digests (id, counter, partner, day, recipient, status, claimed_by, lease_until, items, created_at)
                  VALUES ($1, $2, $3, $4, $5, 'claimed', $6, $7, $8, $9)",
@@ -168,13 +147,7 @@ pub async fn claim(
 fn held_item(row: &PgRow) -> Result<HeldItem, StoreError> {
     let event_json: String = row.try_get("event_json")?;
     let delivery: String = row.try_get("delivery")?;
-    let stored: StoredDelivery =
-        serde_json::from_str(&delivery).map_err(|e| StoreError(format!("a held delivery is unreadable: {e}")))?;
-    Ok(HeldItem {
-        log_id: row.try_get("log_id")?,
-        event: decode_structured(event_json.as_bytes()).map_err(|e| StoreError(format!("a held event: {e}")))?,
-        delivery: stored.into(),
-    })
+    record::held_item(row.try_get("log_id")?, &event_json, &delivery)
 }
 
 pub async fn sent(pool: &PgPool, digest_id: &str, message_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
@@ -238,22 +211,26 @@ pub async fn log_for_recipient(pool: &PgPool, email: &str, limit: u32) -> Result
 }
 
 fn log_entry(row: &PgRow) -> Result<LogEntry, StoreError> {
-    let status: String = row.try_get("status")?;
-    let rules: String = row.try_get("rules")?;
     let attempts: i32 = row.try_get("attempts")?;
-    Ok(LogEntry {
+    record::log_entry(
+        log_text(row)?,
+        i64::from(attempts),
+        row.try_get("created_at")?,
+        row.try_get("updated_at")?,
+    )
+}
+
+fn log_text(row: &PgRow) -> Result<record::LogText, StoreError> {
+    Ok(record::LogText {
         event_id: row.try_get("event_id")?,
         event_type: row.try_get("event_type")?,
         notification: row.try_get("notification")?,
         channel: row.try_get("channel")?,
         recipient: row.try_get("recipient")?,
-        status: LogStatus::parse(&status).ok_or_else(|| StoreError(format!("unknown log status `{status}`")))?,
-        rules: serde_json::from_str(&rules).unwrap_or_default(),
+        status: row.try_get("status")?,
+        rules: row.try_get("rules")?,
         message_id: row.try_get("message_id")?,
         digest_id: row.try_get("digest_id")?,
         error: row.try_get("error")?,
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
     })
 }

@@ -3,15 +3,13 @@
 //! same held item, and a lease lets a later flush take over a dead one.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use sha2::{Digest, Sha256};
 use sqlx::Row;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 
 use super::{parse_ts, ts};
-use crate::decode::decode_structured;
 use crate::event::PartnerId;
 use crate::route::DigestKey;
-use crate::store::{DigestClaim, HeldGroup, HeldItem, LogEntry, LogStatus, StoreError, StoredDelivery};
+use crate::store::{DigestClaim, HeldGroup, HeldItem, LogEntry, StoreError, record};
 
 pub async fn groups(pool: &SqlitePool) -> Result<Vec<HeldGroup>, StoreError> {
     let rows = sqlx::query(
@@ -39,25 +37,6 @@ pub async fn groups(pool: &SqlitePool) -> Result<Vec<HeldGroup>, StoreError> {
             })
         })
         .collect()
-}
-
-/// The id of a digest: the group and exactly the items it lists.
-fn digest_id(group: &HeldGroup, held_ids: &[i64]) -> String {
-    let mut h = Sha256::new();
-    for part in [
-        &group.key.counter,
-        group.key.partner.as_str(),
-        &group.key.day.to_string(),
-        &group.recipient,
-    ] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    for id in held_ids {
-        h.update(id.to_le_bytes());
-    }
-    let hex: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
-    format!("dg-{hex}")
 }
 
 pub async fn claim(
@@ -113,7 +92,7 @@ pub async fn claim(
                 tx.commit().await?;
                 return Ok(None);
             }
-            let id = digest_id(group, &held);
+            let id = record::digest_id(group, &held);
             sqlx::query(
                 "INSERT INTO digests (id, counter, partner, day, recipient, status, claimed_by, lease_until, items, created_at)
                  VALUES (?, ?, ?, ?, ?, 'claimed', ?, ?, ?, ?)",
@@ -161,13 +140,7 @@ pub async fn claim(
 fn held_item(row: &SqliteRow) -> Result<HeldItem, StoreError> {
     let event_json: String = row.try_get("event_json")?;
     let delivery: String = row.try_get("delivery")?;
-    let stored: StoredDelivery =
-        serde_json::from_str(&delivery).map_err(|e| StoreError(format!("a held delivery is unreadable: {e}")))?;
-    Ok(HeldItem {
-        log_id: row.try_get("log_id")?,
-        event: decode_structured(event_json.as_bytes()).map_err(|e| StoreError(format!("a held event: {e}")))?,
-        delivery: stored.into(),
-    })
+    record::held_item(row.try_get("log_id")?, &event_json, &delivery)
 }
 
 pub async fn sent(pool: &SqlitePool, digest_id: &str, message_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
@@ -231,24 +204,27 @@ pub async fn log_for_recipient(pool: &SqlitePool, email: &str, limit: u32) -> Re
 }
 
 fn log_entry(row: &SqliteRow) -> Result<LogEntry, StoreError> {
-    let status: String = row.try_get("status")?;
-    let rules: String = row.try_get("rules")?;
-    let attempts: i64 = row.try_get("attempts")?;
     let created: String = row.try_get("created_at")?;
     let updated: String = row.try_get("updated_at")?;
-    Ok(LogEntry {
+    record::log_entry(
+        log_text(row)?,
+        row.try_get("attempts")?,
+        parse_ts(&created).unwrap_or_default(),
+        parse_ts(&updated).unwrap_or_default(),
+    )
+}
+
+fn log_text(row: &SqliteRow) -> Result<record::LogText, StoreError> {
+    Ok(record::LogText {
         event_id: row.try_get("event_id")?,
         event_type: row.try_get("event_type")?,
         notification: row.try_get("notification")?,
         channel: row.try_get("channel")?,
         recipient: row.try_get("recipient")?,
-        status: LogStatus::parse(&status).ok_or_else(|| StoreError(format!("unknown log status `{status}`")))?,
-        rules: serde_json::from_str(&rules).unwrap_or_default(),
+        status: row.try_get("status")?,
+        rules: row.try_get("rules")?,
         message_id: row.try_get("message_id")?,
         digest_id: row.try_get("digest_id")?,
         error: row.try_get("error")?,
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        created_at: parse_ts(&created).unwrap_or_default(),
-        updated_at: parse_ts(&updated).unwrap_or_default(),
     })
 }
