@@ -101,19 +101,16 @@ async fn oversized_nested_and_invalid_messages_are_dead_lettered_and_the_worker_
     broker.cleanup().await;
 }
 
-async fn crlf_in_any_string_creates_no_header(backend: Backend) {
-    let _gate = support::shared().await;
-    let (broker, smtp, worker) = support::start("crlf", backend, &[]).await;
-    let events = poisoned("\r\nBcc: evil@attacker.example\r\nX-Injected: yes");
+/// Publishes every poisoned example to a fresh worker and returns what was mailed,
+/// once each event has still reached people.
+async fn run_poisoned(name: &str, backend: Backend, with: &str) -> (support::Broker, Vec<support::smtp::Received>) {
+    let (broker, smtp, worker) = support::start(name, backend, &[]).await;
+    let events = poisoned(with);
     for (_, body) in &events {
         broker.publish(body).await;
     }
-    worker
-        .wait_settled(
-            support::directory_events().len() + events.len(),
-            Duration::from_secs(60),
-        )
-        .await;
+    let settled = support::directory_events().len() + events.len();
+    worker.wait_settled(settled, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mails = smtp.messages();
     assert!(
@@ -121,6 +118,12 @@ async fn crlf_in_any_string_creates_no_header(backend: Backend) {
         "every poisoned event still reaches people: {}",
         mails.len()
     );
+    (broker, mails)
+}
+
+async fn crlf_in_any_string_creates_no_header(backend: Backend) {
+    let _gate = support::shared().await;
+    let (broker, mails) = run_poisoned("crlf", backend, "\r\nBcc: evil@attacker.example\r\nX-Injected: yes").await;
     for mail in &mails {
         assert!(mail.rcpt.iter().all(|r| !r.contains("attacker")), "{:?}", mail.rcpt);
         let parsed = mail.parsed();
@@ -136,20 +139,12 @@ async fn crlf_in_any_string_creates_no_header(backend: Backend) {
 
 async fn markup_in_any_text_field_arrives_escaped(backend: Backend) {
     let _gate = support::shared().await;
-    let (broker, smtp, worker) = support::start("markup", backend, &[]).await;
-    let events = poisoned("<script>alert(1)</script><img src=x onerror=alert(2)>");
-    for (_, body) in &events {
-        broker.publish(body).await;
-    }
-    worker
-        .wait_settled(
-            support::directory_events().len() + events.len(),
-            Duration::from_secs(60),
-        )
-        .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mails = smtp.messages();
-    assert!(mails.len() >= events.len());
+    let (broker, mails) = run_poisoned(
+        "markup",
+        backend,
+        "<script>alert(1)</script><img src=x onerror=alert(2)>",
+    )
+    .await;
     let mut escaped = 0;
     for mail in &mails {
         let parsed = mail.parsed();
