@@ -194,7 +194,8 @@ async fn leads_count_into_the_partners_own_day_not_utcs(backend: Backend) {
 
 async fn a_flush_killed_mid_send_is_taken_over_and_every_lead_arrives_once(backend: Backend) {
     let _gate = support::shared().await;
-    let (broker, smtp, worker) = start("digestcrash", backend, &[]).await;
+    // A lease long enough that the next flush surely starts within it, even on a loaded machine.
+    let (broker, smtp, worker) = start("digestcrash", backend, &[("ROUTER__DIGEST__LEASE", "6s")]).await;
     let dir = support::directory_events().len();
     for n in 1..=13 {
         broker
@@ -223,7 +224,7 @@ async fn a_flush_killed_mid_send_is_taken_over_and_every_lead_arrives_once(backe
     let early = flush(&worker);
     assert!(early.contains("being flushed elsewhere: 1"), "{early}");
     // ...and once it has run out, it is taken over.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(6200)).await;
     assert!(flush(&worker).contains("digests sent: 1, leads digested: 3"));
 
     let digests: Vec<_> = smtp
