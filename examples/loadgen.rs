@@ -389,6 +389,8 @@ async fn check() -> Result<(), String> {
         }
     }
     let mut arrived: HashMap<String, usize> = HashMap::new();
+    // When the first copy of each email was accepted, to tell what a duplicate coincides with.
+    let mut first_at: HashMap<String, u64> = HashMap::new();
     let mut latencies = Vec::new();
     let mut last_accept = 0u64;
     let mut unexpected = 0usize;
@@ -402,6 +404,7 @@ async fn check() -> Result<(), String> {
                 let n = arrived.entry(id.clone()).or_default();
                 *n += 1;
                 if *n == 1 {
+                    first_at.insert(id.clone(), at);
                     latencies.push(at.saturating_sub(published[event]));
                 }
             }
@@ -472,6 +475,15 @@ async fn check() -> Result<(), String> {
             wrong_reason.len(),
             unexpected_dead.len()
         );
+    }
+    let mut duplicated: Vec<(u64, &String, usize)> = arrived
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, n)| (first_at[id], id, *n))
+        .collect();
+    duplicated.sort();
+    for (at, id, n) in duplicated {
+        println!("duplicate: first_at_us={at} copies={n} message_id={id}");
     }
     println!("lost={lost} duplicates={duplicates} dlq={dlq}");
     Ok(())
