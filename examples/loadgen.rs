@@ -6,21 +6,32 @@
 //! and writes a manifest: what was published when, and every email the rules
 //! say must arrive (by Message-ID, computed by routing each event here).
 //!
-//! `check` compares an `smtp_sink` file with the manifest and prints what was
-//! lost, what arrived twice (and whether copies share a Message-ID), how many
-//! dead letters there are, and latency and throughput; its last line is
-//! `lost=N duplicates=N dlq=N`.
+//! `publish --rate N` paces the events at N per second, so faults can be
+//! injected while they flow. Publishing survives a broker restart or closed
+//! connection: messages are sent in small batches with publisher confirms, and
+//! a batch not wholly confirmed is published again on a new connection (a
+//! repeated event is a duplicate the worker must ignore by its id), for at
+//! most `--give-up-secs` (default 120) per batch.
+//! `--directory-only` publishes just the directory (to let it settle before
+//! the events when several workers compete); `--no-directory` skips it.
 //!
-//!   cargo run --release --example loadgen -- publish --events 20000 --malformed-percent 2 --manifest m.jsonl
+//! `check` compares an `smtp_sink` file with the manifest and prints what was
+//! lost, what arrived twice (copies are counted per Message-ID, so every
+//! duplicate carries the same Message-ID as its original), the dead letters
+//! (each malformed message must be there with the reason its defect implies),
+//! and latency and throughput; its last line is `lost=N duplicates=N dlq=N`,
+//! where `dlq` counts the distinct malformed messages found with their reason.
+//!
+//!   cargo run --release --example loadgen -- publish --events 20000 --malformed-percent 2 --manifest m.jsonl [--rate 50]
 //!   cargo run --release --example loadgen -- check --manifest m.jsonl --sink sink.jsonl [--dlq QUEUE]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use referral_router::decode::decode_structured;
 use referral_router::directory::Directory;
 use referral_router::render::message_id;
@@ -111,21 +122,110 @@ fn event(n: usize, examples: &BTreeMap<&str, Value>) -> Value {
     v
 }
 
-fn malformed(n: usize) -> (String, Vec<u8>) {
+/// Malformed message `n`: its routing key, body, and the dead-letter reason its defect implies.
+fn malformed(n: usize) -> (String, Vec<u8>, &'static str) {
     match n % 3 {
-        0 => ("lead.created".into(), format!("{{not json {n}").into_bytes()),
+        0 => (
+            "lead.created".into(),
+            format!("{{not json {n}").into_bytes(),
+            "not_json",
+        ),
         1 => (
             "cosell.opportunity.teleported".into(),
             serde_json::to_vec(&json!({"specversion": "1.0", "id": format!("bad-{n}"), "source": "/x",
                   "type": "cosell.opportunity.teleported", "time": "2026-10-01T00:00:00Z", "data": {}}))
             .unwrap(),
+            "unknown_type",
         ),
         _ => (
             "lead.created".into(),
             serde_json::to_vec(&json!({"specversion": "1.0", "id": format!("bad-{n}"), "source": "/x",
                   "type": "lead.created", "time": "2026-10-01T00:00:00Z", "data": {"lead": {}}}))
             .unwrap(),
+            "bad_data",
         ),
+    }
+}
+
+/// A confirmed publisher that reconnects and publishes a batch again until
+/// the broker has confirmed all of it.
+struct Publisher {
+    url: String,
+    exchange: String,
+    conn: Option<Connection>,
+    channel: Option<lapin::Channel>,
+    republished: usize,
+}
+
+impl Publisher {
+    async fn connect(&mut self) -> Result<lapin::Channel, String> {
+        if let Some(c) = self.channel.as_ref().filter(|c| c.status().connected()) {
+            return Ok(c.clone());
+        }
+        let conn = Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.conn = Some(conn);
+        self.channel = Some(channel.clone());
+        Ok(channel)
+    }
+
+    async fn try_batch(&mut self, batch: &[(String, Vec<u8>)]) -> Result<(), String> {
+        let channel = self.connect().await?;
+        let mut confirms = Vec::with_capacity(batch.len());
+        for (key, body) in batch {
+            let props = BasicProperties::default()
+                .with_content_type("application/cloudevents+json".into())
+                .with_delivery_mode(2);
+            let confirm = channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    props,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            // Bounded: a confirm lost with its connection must not hang the publisher.
+            match tokio::time::timeout(Duration::from_secs(15), confirm).await {
+                Ok(Ok(Confirmation::Ack(_) | Confirmation::NotRequested)) => {}
+                Ok(Ok(Confirmation::Nack(_))) => return Err("the broker refused a message".into()),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err("no confirm within 15s".into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the batch until the broker confirms all of it, giving up after `give_up`.
+    async fn publish(&mut self, batch: &[(String, Vec<u8>)], give_up: Duration) -> Result<(), String> {
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(250);
+        loop {
+            match self.try_batch(batch).await {
+                Ok(()) => return Ok(()),
+                Err(e) if started.elapsed() < give_up => {
+                    eprintln!("loadgen: publishing failed ({e}); reconnecting and publishing the batch again");
+                    self.channel = None;
+                    if let Some(conn) = self.conn.take() {
+                        let _ = conn.close(200, "reconnecting".into()).await;
+                    }
+                    self.republished += batch.len();
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(format!("{e} (gave up after {give_up:?})")),
+            }
+        }
     }
 }
 
@@ -138,6 +238,8 @@ async fn publish() -> Result<(), String> {
     let domain = arg("--mail-domain").unwrap_or_else(|| "partner-center.example".into());
     let manifest_path = arg("--manifest").unwrap_or_else(|| "manifest.jsonl".into());
     let skip_directory = std::env::args().any(|a| a == "--no-directory");
+    let directory_only = std::env::args().any(|a| a == "--directory-only");
+    let rate: f64 = arg("--rate").and_then(|v| v.parse().ok()).unwrap_or(0.0);
 
     let rules = RuleSet::load_dir(&root.join("rules")).map_err(|e| e.to_string())?;
     let examples: BTreeMap<&str, Value> = [
@@ -155,45 +257,29 @@ async fn publish() -> Result<(), String> {
         dir.apply(&decode_structured(&serde_json::to_vec(e).unwrap()).map_err(|e| e.to_string())?);
     }
 
-    let conn = Connection::connect(&url, ConnectionProperties::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut manifest = std::io::BufWriter::new(std::fs::File::create(&manifest_path).map_err(|e| e.to_string())?);
-    let mut pending = Vec::new();
-    let send = |key: String, body: Vec<u8>| {
-        let channel = channel.clone();
-        let exchange = exchange.clone();
-        async move {
-            let props = BasicProperties::default()
-                .with_content_type("application/cloudevents+json".into())
-                .with_delivery_mode(2);
-            channel
-                .basic_publish(
-                    exchange.as_str().into(),
-                    key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    props,
-                )
-                .await
-        }
+    let mut publisher = Publisher {
+        url,
+        exchange,
+        conn: None,
+        channel: None,
+        republished: 0,
     };
+    let give_up = Duration::from_secs(arg("--give-up-secs").and_then(|v| v.parse().ok()).unwrap_or(120));
+    let mut manifest = std::io::BufWriter::new(std::fs::File::create(&manifest_path).map_err(|e| e.to_string())?);
     if !skip_directory {
-        for e in &dir_events {
-            let confirm = send(e["type"].as_str().unwrap().to_string(), serde_json::to_vec(e).unwrap())
-                .await
-                .map_err(|e| e.to_string())?;
-            pending.push(confirm);
-        }
-        for c in pending.drain(..) {
-            c.await.map_err(|e| e.to_string())?;
+        let batch: Vec<(String, Vec<u8>)> = dir_events
+            .iter()
+            .map(|e| (e["type"].as_str().unwrap().to_string(), serde_json::to_vec(e).unwrap()))
+            .collect();
+        for chunk in batch.chunks(500) {
+            publisher.publish(chunk, give_up).await?;
         }
         writeln!(manifest, "{}", json!({"directory": dir_events.len()})).unwrap();
+    }
+    if directory_only {
+        manifest.flush().map_err(|e| e.to_string())?;
+        eprintln!("loadgen: published {} directory events", dir_events.len());
+        return Ok(());
     }
     let mut counts: HashMap<referral_router::route::DigestKey, u32> = HashMap::new();
     let malformed_every = if malformed_pct > 0.0 {
@@ -201,61 +287,69 @@ async fn publish() -> Result<(), String> {
     } else {
         0
     };
+    // Paced: a batch every tenth of a second; unpaced: batches of 500.
+    let batch_size = if rate > 0.0 { (rate / 10.0).ceil() as usize } else { 500 };
     let started = now_us();
+    let clock = Instant::now();
+    let mut batch: Vec<(String, Vec<u8>)> = Vec::with_capacity(batch_size);
     for n in 0..events {
         if malformed_every > 0 && n % malformed_every == malformed_every - 1 {
-            let (key, body) = malformed(n);
+            let (key, body, reason) = malformed(n);
             writeln!(
                 manifest,
                 "{}",
-                json!({"malformed": n, "len": body.len(), "at_us": now_us()})
+                json!({"malformed": n, "len": body.len(), "reason": reason,
+                       "body": String::from_utf8_lossy(&body), "at_us": now_us()})
             )
             .unwrap();
-            pending.push(send(key, body).await.map_err(|e| e.to_string())?);
-            continue;
+            batch.push((key, body));
+        } else {
+            let v = event(n, &examples);
+            let body = serde_json::to_vec(&v).unwrap();
+            let decoded = decode_structured(&body).map_err(|e| e.to_string())?;
+            let mut state = MemoryState::new();
+            for key in route(&decoded, &rules, &dir, &state).counters {
+                let c = counts.entry(key.clone()).or_default();
+                *c += 1;
+                state.set_count(key, *c);
+            }
+            let emails: Vec<String> = route(&decoded, &rules, &dir, &state)
+                .deliveries
+                .iter()
+                .filter(|d| d.channel == Channel::Email && d.decision == Decision::Send)
+                .map(|d| message_id(&decoded.id, &d.notification, &d.recipient.email, &domain))
+                .collect();
+            writeln!(
+                manifest,
+                "{}",
+                json!({"event": decoded.id, "at_us": now_us(), "emails": emails})
+            )
+            .unwrap();
+            batch.push((v["type"].as_str().unwrap().to_string(), body));
         }
-        let v = event(n, &examples);
-        let body = serde_json::to_vec(&v).unwrap();
-        let decoded = decode_structured(&body).map_err(|e| e.to_string())?;
-        let mut state = MemoryState::new();
-        for key in route(&decoded, &rules, &dir, &state).counters {
-            let c = counts.entry(key.clone()).or_default();
-            *c += 1;
-            state.set_count(key, *c);
-        }
-        let emails: Vec<String> = route(&decoded, &rules, &dir, &state)
-            .deliveries
-            .iter()
-            .filter(|d| d.channel == Channel::Email && d.decision == Decision::Send)
-            .map(|d| message_id(&decoded.id, &d.notification, &d.recipient.email, &domain))
-            .collect();
-        writeln!(
-            manifest,
-            "{}",
-            json!({"event": decoded.id, "at_us": now_us(), "emails": emails})
-        )
-        .unwrap();
-        pending.push(
-            send(v["type"].as_str().unwrap().to_string(), body)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-        if pending.len() >= 500 {
-            for c in pending.drain(..) {
-                c.await.map_err(|e| e.to_string())?;
+        if batch.len() >= batch_size || n + 1 == events {
+            publisher.publish(&batch, give_up).await?;
+            batch.clear();
+            // The manifest is complete up to what the broker has confirmed.
+            manifest.flush().map_err(|e| e.to_string())?;
+            if rate > 0.0 {
+                let due = Duration::from_secs_f64((n + 1) as f64 / rate);
+                if let Some(ahead) = due.checked_sub(clock.elapsed()) {
+                    tokio::time::sleep(ahead).await;
+                }
             }
         }
-    }
-    for c in pending.drain(..) {
-        c.await.map_err(|e| e.to_string())?;
     }
     manifest.flush().map_err(|e| e.to_string())?;
     let secs = (now_us() - started) as f64 / 1e6;
     eprintln!(
-        "loadgen: published {events} messages in {secs:.1}s ({:.0}/s)",
-        events as f64 / secs.max(1e-9)
+        "loadgen: published {events} messages in {secs:.1}s ({:.0}/s), {} published again after a failure",
+        events as f64 / secs.max(1e-9),
+        publisher.republished
     );
-    let _ = conn.close(200, "done".into()).await;
+    if let Some(conn) = publisher.conn.take() {
+        let _ = conn.close(200, "done".into()).await;
+    }
     Ok(())
 }
 
@@ -271,6 +365,8 @@ async fn check() -> Result<(), String> {
     let sink_path = arg("--sink").unwrap_or_else(|| "sink.jsonl".into());
     let mut expected: HashMap<String, String> = HashMap::new();
     let mut published: HashMap<String, u64> = HashMap::new();
+    // Each malformed message's body and the reason it must be dead-lettered with.
+    let mut malformed_bodies: HashMap<Vec<u8>, String> = HashMap::new();
     let mut malformed = 0usize;
     let mut first_publish = u64::MAX;
     for line in std::io::BufReader::new(std::fs::File::open(&manifest_path).map_err(|e| e.to_string())?).lines() {
@@ -280,6 +376,10 @@ async fn check() -> Result<(), String> {
         }
         if v["malformed"].is_number() {
             malformed += 1;
+            if let Some(body) = v["body"].as_str() {
+                let reason = v["reason"].as_str().unwrap_or_default().to_string();
+                malformed_bodies.insert(body.as_bytes().to_vec(), reason);
+            }
         }
         if let Some(id) = v["event"].as_str() {
             published.insert(id.to_string(), v["at_us"].as_u64().unwrap_or(0));
@@ -289,6 +389,8 @@ async fn check() -> Result<(), String> {
         }
     }
     let mut arrived: HashMap<String, usize> = HashMap::new();
+    // When the first copy of each email was accepted, to tell what a duplicate coincides with.
+    let mut first_at: HashMap<String, u64> = HashMap::new();
     let mut latencies = Vec::new();
     let mut last_accept = 0u64;
     let mut unexpected = 0usize;
@@ -302,6 +404,7 @@ async fn check() -> Result<(), String> {
                 let n = arrived.entry(id.clone()).or_default();
                 *n += 1;
                 if *n == 1 {
+                    first_at.insert(id.clone(), at);
                     latencies.push(at.saturating_sub(published[event]));
                 }
             }
@@ -311,10 +414,35 @@ async fn check() -> Result<(), String> {
     let lost = expected.keys().filter(|id| !arrived.contains_key(*id)).count();
     // Every extra copy is the same Message-ID again, by construction of `arrived`.
     let duplicates: usize = arrived.values().map(|n| n - 1).sum();
-    let dlq = match arg("--dlq") {
-        Some(queue) => count_dead_letters(&queue).await?,
-        None => 0,
+    let dead = match arg("--dlq") {
+        Some(queue) => read_dead_letters(&queue).await?,
+        None => Vec::new(),
     };
+    // A malformed message counts once, when found with the reason its defect implies;
+    // a second copy (dead-lettered again after a redelivery) is reported, not counted.
+    let mut found: HashSet<&[u8]> = HashSet::new();
+    let (mut copies, mut wrong_reason, mut unexpected_dead) = (0usize, Vec::new(), Vec::new());
+    for letter in &dead {
+        match malformed_bodies.get(&letter.body) {
+            Some(reason) if letter.reason.as_deref() == Some(reason.as_str()) => {
+                if !found.insert(letter.body.as_slice()) {
+                    copies += 1;
+                }
+            }
+            Some(reason) => wrong_reason.push(format!("expected {reason}, got {:?}: {}", letter.reason, letter.error)),
+            None => unexpected_dead.push(format!(
+                "{} reason={:?} error={} body={}",
+                letter.routing_key,
+                letter.reason,
+                letter.error,
+                String::from_utf8_lossy(&letter.body)
+                    .chars()
+                    .take(80)
+                    .collect::<String>()
+            )),
+        }
+    }
+    let dlq = found.len();
     latencies.sort_unstable();
     let span = last_accept.saturating_sub(first_publish) as f64 / 1e6;
     println!("events published: {}, malformed: {malformed}", published.len());
@@ -331,37 +459,73 @@ async fn check() -> Result<(), String> {
         published.len() as f64 / span.max(1e-9),
     );
     if let Some(queue) = arg("--dlq") {
-        println!("dead letters in {queue}: {dlq} (malformed published: {malformed})");
+        println!(
+            "dead letters in {queue}: {} ({dlq} distinct malformed with their reason, of {malformed} published; \
+             {copies} extra copies)",
+            dead.len()
+        );
+        for line in wrong_reason.iter().take(10) {
+            println!("dead letter with the wrong reason: {line}");
+        }
+        for line in unexpected_dead.iter().take(10) {
+            println!("unexpected dead letter: {line}");
+        }
+        println!(
+            "dlq_wrong_reason={} dlq_unexpected={} dlq_copies={copies}",
+            wrong_reason.len(),
+            unexpected_dead.len()
+        );
+    }
+    let mut duplicated: Vec<(u64, &String, usize)> = arrived
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, n)| (first_at[id], id, *n))
+        .collect();
+    duplicated.sort();
+    for (at, id, n) in duplicated {
+        println!("duplicate: first_at_us={at} copies={n} message_id={id}");
     }
     println!("lost={lost} duplicates={duplicates} dlq={dlq}");
     Ok(())
 }
 
-/// Counts (and leaves in place) the dead letters that carry a reason.
-async fn count_dead_letters(queue: &str) -> Result<usize, String> {
+struct DeadLetter {
+    body: Vec<u8>,
+    reason: Option<String>,
+    error: String,
+    routing_key: String,
+}
+
+/// Reads (and leaves in place) every dead letter, with the worker's reason headers.
+async fn read_dead_letters(queue: &str) -> Result<Vec<DeadLetter>, String> {
     let url = arg("--amqp").unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
     let conn = Connection::connect(&url, ConnectionProperties::default())
         .await
         .map_err(|e| e.to_string())?;
     let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
-    let mut n = 0;
+    let text = |headers: &lapin::types::FieldTable, name: &str| match headers.inner().get(name) {
+        Some(lapin::types::AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        Some(lapin::types::AMQPValue::ShortString(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    let mut out = Vec::new();
     // Read without acking, then close: the broker puts them all back.
     while let Some(msg) = channel
         .basic_get(queue.into(), BasicGetOptions { no_ack: false })
         .await
         .map_err(|e| e.to_string())?
     {
-        let has_reason = msg
-            .properties
-            .headers()
-            .as_ref()
-            .is_some_and(|h| h.inner().contains_key("x-router-reason"));
-        if has_reason {
-            n += 1;
-        }
+        let headers = msg.properties.headers().clone().unwrap_or_default();
+        out.push(DeadLetter {
+            reason: text(&headers, "x-router-reason"),
+            error: text(&headers, "x-router-error").unwrap_or_default(),
+            // The dead-letter exchange routes by queue name; the worker records the original key.
+            routing_key: text(&headers, "x-router-routing-key").unwrap_or_else(|| msg.routing_key.to_string()),
+            body: msg.data.clone(),
+        });
     }
     let _ = conn.close(200, "done".into()).await;
-    Ok(n)
+    Ok(out)
 }
 
 #[tokio::main]
