@@ -103,6 +103,8 @@ pub struct Smtp {
     #[serde(with = "duration")]
     pub timeout: Duration,
     pub pool_max_size: u32,
+    /// SMTP transactions one worker keeps waiting for the server's reply at once.
+    pub max_in_flight: usize,
     #[serde(with = "duration")]
     pub pool_idle_timeout: Duration,
     pub outbox_dir: PathBuf,
@@ -264,6 +266,9 @@ impl Settings {
         if !self.smtp.host.is_empty() {
             if self.smtp.port == 0 {
                 errors.push("smtp.port must not be 0".into());
+            }
+            if self.smtp.max_in_flight == 0 {
+                errors.push("smtp.max_in_flight must be at least 1".into());
             }
             if self.smtp.pool_max_size == 0 {
                 errors.push("smtp.pool_max_size must be at least 1".into());

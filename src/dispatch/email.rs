@@ -21,7 +21,16 @@ pub enum SendError {
 }
 
 /// Where messages go.
-pub enum Mailer {
+pub struct Mailer {
+    transport: Transport,
+    /// SMTP transactions awaiting the server's reply, at most `smtp.max_in_flight`.
+    /// A message the server accepted just before this worker died is sent again
+    /// when its event is taken over (with the same Message-ID): the bound on
+    /// those duplicates per crash is this number.
+    in_flight: tokio::sync::Semaphore,
+}
+
+enum Transport {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
     Files(AsyncFileTransport<Tokio1Executor>),
 }
@@ -31,7 +40,10 @@ impl Mailer {
         if smtp.host.is_empty() {
             std::fs::create_dir_all(&smtp.outbox_dir)
                 .map_err(|e| format!("smtp.outbox_dir {}: {e}", smtp.outbox_dir.display()))?;
-            return Ok(Mailer::Files(AsyncFileTransport::new(&smtp.outbox_dir)));
+            return Ok(Self::new(
+                Transport::Files(AsyncFileTransport::new(&smtp.outbox_dir)),
+                smtp,
+            ));
         }
         let builder = match smtp.tls {
             SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host),
@@ -52,19 +64,31 @@ impl Mailer {
                 smtp.password.expose().to_string(),
             ));
         }
-        Ok(Mailer::Smtp(builder.build()))
+        Ok(Self::new(Transport::Smtp(builder.build()), smtp))
+    }
+
+    fn new(transport: Transport, smtp: &Smtp) -> Self {
+        Self {
+            transport,
+            in_flight: tokio::sync::Semaphore::new(smtp.max_in_flight.max(1)),
+        }
     }
 
     pub async fn send(&self, message: Message) -> Result<(), SendError> {
-        match self {
-            Mailer::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| {
+        let _turn = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|e| SendError::Transient(e.to_string()))?;
+        match &self.transport {
+            Transport::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| {
                 if e.is_permanent() {
                     SendError::Permanent(e.to_string())
                 } else {
                     SendError::Transient(e.to_string())
                 }
             }),
-            Mailer::Files(t) => t
+            Transport::Files(t) => t
                 .send(message)
                 .await
                 .map(|_| ())
