@@ -13,13 +13,16 @@
 //!
 //!   cargo run --release --example loadgen -- publish --events 20000 --malformed-percent 2 --manifest m.jsonl
 //!   cargo run --release --example loadgen -- check --manifest m.jsonl --sink sink.jsonl [--dlq QUEUE]
+//!   cargo run --release --example loadgen -- cleanup --queues q1,q2 --exchanges e1,e2
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use referral_router::decode::decode_structured;
 use referral_router::directory::Directory;
@@ -202,6 +205,7 @@ async fn publish() -> Result<(), String> {
         0
     };
     let started = now_us();
+    let mut body_bytes = 0usize;
     for n in 0..events {
         if malformed_every > 0 && n % malformed_every == malformed_every - 1 {
             let (key, body) = malformed(n);
@@ -216,6 +220,7 @@ async fn publish() -> Result<(), String> {
         }
         let v = event(n, &examples);
         let body = serde_json::to_vec(&v).unwrap();
+        body_bytes += body.len();
         let decoded = decode_structured(&body).map_err(|e| e.to_string())?;
         let mut state = MemoryState::new();
         for key in route(&decoded, &rules, &dir, &state).counters {
@@ -255,6 +260,7 @@ async fn publish() -> Result<(), String> {
         "loadgen: published {events} messages in {secs:.1}s ({:.0}/s)",
         events as f64 / secs.max(1e-9)
     );
+    eprintln!("loadgen: mean_bytes={}", body_bytes / events.max(1));
     let _ = conn.close(200, "done".into()).await;
     Ok(())
 }
@@ -364,12 +370,44 @@ async fn count_dead_letters(queue: &str) -> Result<usize, String> {
     Ok(n)
 }
 
+/// Deletes what a benchmark declared (queues first, then exchanges); missing ones are fine.
+async fn cleanup() -> Result<(), String> {
+    let url = arg("--amqp").unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let names = |flag: &str| -> Vec<String> {
+        arg(flag)
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    for queue in names("--queues") {
+        // A fresh channel each time: deleting something missing may close the channel.
+        let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in names("--exchanges") {
+        let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     let result = match std::env::args().nth(1).as_deref() {
         Some("publish") => publish().await,
         Some("check") => check().await,
-        _ => Err("usage: loadgen publish|check [options] (see the top of examples/loadgen.rs)".into()),
+        Some("cleanup") => cleanup().await,
+        _ => Err("usage: loadgen publish|check|cleanup [options] (see the top of examples/loadgen.rs)".into()),
     };
     if let Err(e) = result {
         eprintln!("loadgen: {e}");
