@@ -7,6 +7,8 @@ use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
+use tokio::sync::Semaphore;
+
 use crate::config::{Smtp, SmtpTls};
 
 /// Why a message did not go out.
@@ -22,7 +24,10 @@ pub enum SendError {
 
 /// Where messages go.
 pub enum Mailer {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// At most `smtp.pool_max_size` sends at once (the semaphore): lettre's pool
+    /// bounds only its idle connections, so more concurrent sends would each
+    /// open a connection and close it again after one message.
+    Smtp(AsyncSmtpTransport<Tokio1Executor>, Semaphore),
     Files(AsyncFileTransport<Tokio1Executor>),
 }
 
@@ -52,18 +57,24 @@ impl Mailer {
                 smtp.password.expose().to_string(),
             ));
         }
-        Ok(Mailer::Smtp(builder.build()))
+        Ok(Mailer::Smtp(
+            builder.build(),
+            Semaphore::new(smtp.pool_max_size as usize),
+        ))
     }
 
     pub async fn send(&self, message: Message) -> Result<(), SendError> {
         match self {
-            Mailer::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| {
-                if e.is_permanent() {
-                    SendError::Permanent(e.to_string())
-                } else {
-                    SendError::Transient(e.to_string())
-                }
-            }),
+            Mailer::Smtp(t, slots) => {
+                let _slot = slots.acquire().await.map_err(|e| SendError::Transient(e.to_string()))?;
+                t.send(message).await.map(|_| ()).map_err(|e| {
+                    if e.is_permanent() {
+                        SendError::Permanent(e.to_string())
+                    } else {
+                        SendError::Transient(e.to_string())
+                    }
+                })
+            }
             Mailer::Files(t) => t
                 .send(message)
                 .await
