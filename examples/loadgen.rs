@@ -30,7 +30,9 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use referral_router::decode::decode_structured;
 use referral_router::directory::Directory;
@@ -291,6 +293,7 @@ async fn publish() -> Result<(), String> {
     let batch_size = if rate > 0.0 { (rate / 10.0).ceil() as usize } else { 500 };
     let started = now_us();
     let clock = Instant::now();
+    let mut body_bytes = 0usize;
     let mut batch: Vec<(String, Vec<u8>)> = Vec::with_capacity(batch_size);
     for n in 0..events {
         if malformed_every > 0 && n % malformed_every == malformed_every - 1 {
@@ -306,6 +309,7 @@ async fn publish() -> Result<(), String> {
         } else {
             let v = event(n, &examples);
             let body = serde_json::to_vec(&v).unwrap();
+            body_bytes += body.len();
             let decoded = decode_structured(&body).map_err(|e| e.to_string())?;
             let mut state = MemoryState::new();
             for key in route(&decoded, &rules, &dir, &state).counters {
@@ -341,6 +345,7 @@ async fn publish() -> Result<(), String> {
         }
     }
     manifest.flush().map_err(|e| e.to_string())?;
+    eprintln!("loadgen: mean_bytes={}", body_bytes / events.max(1));
     let secs = (now_us() - started) as f64 / 1e6;
     eprintln!(
         "loadgen: published {events} messages in {secs:.1}s ({:.0}/s), {} published again after a failure",
@@ -528,11 +533,43 @@ async fn read_dead_letters(queue: &str) -> Result<Vec<DeadLetter>, String> {
     Ok(out)
 }
 
+/// Deletes the named queues and exchanges (what a benchmark declared).
+async fn cleanup() -> Result<(), String> {
+    let url = arg("--amqp").unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let names = |flag: &str| -> Vec<String> {
+        arg(flag)
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    for queue in names("--queues") {
+        // A fresh channel each time: deleting something missing may close the channel.
+        let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in names("--exchanges") {
+        let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     let result = match std::env::args().nth(1).as_deref() {
         Some("publish") => publish().await,
         Some("check") => check().await,
+        Some("cleanup") => cleanup().await,
         _ => Err("usage: loadgen publish|check [options] (see the top of examples/loadgen.rs)".into()),
     };
     if let Err(e) = result {

@@ -23,7 +23,9 @@ pub enum SendError {
 /// Where messages go.
 pub struct Mailer {
     transport: Transport,
-    /// SMTP transactions awaiting the server's reply, at most `smtp.max_in_flight`.
+    /// SMTP transactions awaiting the server's reply: at most `smtp.max_in_flight`,
+    /// and never more than `smtp.pool_max_size` (lettre's pool bounds only idle
+    /// connections, so more concurrent sends would each open one of their own).
     /// A message the server accepted just before this worker died is sent again
     /// when its event is taken over (with the same Message-ID): the bound on
     /// those duplicates per crash is this number.
@@ -70,7 +72,7 @@ impl Mailer {
     fn new(transport: Transport, smtp: &Smtp) -> Self {
         Self {
             transport,
-            in_flight: tokio::sync::Semaphore::new(smtp.max_in_flight.max(1)),
+            in_flight: tokio::sync::Semaphore::new(smtp.max_in_flight.min(smtp.pool_max_size as usize).max(1)),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, SqliteConnection};
 
 use super::{SqliteStore, now, parse_ts, ts};
 use crate::event::Event;
@@ -20,7 +20,7 @@ pub async fn admit(
     let id = event.id.as_str();
     let now = now();
     let until = store.lease_until();
-    let mut tx = store.writer.begin().await?;
+    let mut tx = store.group.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO events (event_id, event_type, received_at, owner, lease_until) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT (event_id) DO NOTHING",
@@ -30,14 +30,14 @@ pub async fn admit(
     .bind(&now)
     .bind(&store.owner)
     .bind(&until)
-    .execute(&mut *tx)
+    .execute(tx.conn())
     .await?
     .rows_affected()
         == 1;
     if !inserted {
         let row = sqlx::query("SELECT completed_at, owner, lease_until FROM events WHERE event_id = ?")
             .bind(id)
-            .fetch_one(&mut *tx)
+            .fetch_one(tx.conn())
             .await?;
         let completed: Option<String> = row.try_get("completed_at")?;
         let owner: Option<String> = row.try_get("owner")?;
@@ -60,9 +60,9 @@ pub async fn admit(
             .bind(&store.owner)
             .bind(&until)
             .bind(id)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
-        let items = pending_items(&mut tx, id).await?;
+        let items = pending_items(tx.conn(), id).await?;
         tx.commit().await?;
         return Ok(Admission::Pending { fresh: false, items });
     }
@@ -75,14 +75,14 @@ pub async fn admit(
         .bind(&key.counter)
         .bind(key.partner.as_str())
         .bind(key.day.to_string())
-        .fetch_one(&mut *tx)
+        .fetch_one(tx.conn())
         .await?;
         positions.push((key.clone(), u32::try_from(count).unwrap_or(u32::MAX)));
     }
     let plan = plan(&positions);
     if let Some(key) = record::directory_key(event) {
         let seq: i64 = sqlx::query_scalar("UPDATE directory_version SET seq = seq + 1 WHERE id = 1 RETURNING seq")
-            .fetch_one(&mut *tx)
+            .fetch_one(tx.conn())
             .await?;
         // Last writer wins by (event time, event id): a late or reordered
         // change never replaces a newer one, whatever order workers see them in.
@@ -97,7 +97,7 @@ pub async fn admit(
         .bind(ts(event.time))
         .bind(id)
         .bind(record::cloudevent_json(event))
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
     }
     for change in &plan.records {
@@ -113,7 +113,7 @@ pub async fn admit(
         .bind(&change.rule)
         .bind(id)
         .bind(&now)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
     }
     for delivery in &plan.deliveries {
@@ -140,7 +140,7 @@ pub async fn admit(
         .bind(stored)
         .bind(&now)
         .bind(&now)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(tx.conn())
         .await?;
         if let (Some(log_id), Some(key)) = (log_id, delivery.digest.as_ref())
             && delivery.decision == Decision::Hold
@@ -156,20 +156,20 @@ pub async fn admit(
             .bind(delivery.recipient.email.key())
             .bind(&now)
             .bind(record::cloudevent_json(event))
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         }
     }
-    let items = pending_items(&mut tx, id).await?;
+    let items = pending_items(tx.conn(), id).await?;
     tx.commit().await?;
     Ok(Admission::Pending { fresh: true, items })
 }
 
-async fn pending_items(tx: &mut Transaction<'_, Sqlite>, event_id: &str) -> Result<Vec<OutboxItem>, StoreError> {
+async fn pending_items(conn: &mut SqliteConnection, event_id: &str) -> Result<Vec<OutboxItem>, StoreError> {
     let rows =
         sqlx::query("SELECT id, delivery FROM notification_log WHERE event_id = ? AND status = 'pending' ORDER BY id")
             .bind(event_id)
-            .fetch_all(&mut **tx)
+            .fetch_all(conn)
             .await?;
     rows.into_iter()
         .map(|row| {

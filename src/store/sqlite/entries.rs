@@ -6,7 +6,7 @@ use sqlx::sqlite::SqlitePool;
 use super::{now, parse_ts, ts};
 use crate::store::{ActionCenterEntry, StoreError};
 
-pub async fn put(pool: &SqlitePool, e: &ActionCenterEntry) -> Result<(), StoreError> {
+pub async fn put(conn: &mut sqlx::SqliteConnection, e: &ActionCenterEntry) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO action_center (id, user_key, partner_id, event_id, notification, category, priority, title,
                body, link, created_at, expires_at)
@@ -24,7 +24,7 @@ pub async fn put(pool: &SqlitePool, e: &ActionCenterEntry) -> Result<(), StoreEr
     .bind(&e.link)
     .bind(ts(e.created_at))
     .bind(e.expires_at.map(ts))
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }

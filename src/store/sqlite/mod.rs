@@ -1,7 +1,8 @@
 //! The embedded store: SQLite in WAL mode through sqlx, for one worker. One
 //! writer connection (SQLite allows one writer at a time; queueing in the pool
-//! beats `SQLITE_BUSY`), `store.max_connections` readers for the HTTP API and
-//! the directory, migrations at open. Leases work as in PostgreSQL, so the
+//! beats `SQLITE_BUSY`) whose hot-path writes are group-committed (`group`),
+//! `store.max_connections` readers for the HTTP API, the directory and routing
+//! state, migrations at open. Leases work as in PostgreSQL, so the
 //! behaviour (and the test matrix) is the same on both.
 
 use std::str::FromStr;
@@ -15,6 +16,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 mod admit;
 mod digests;
 mod entries;
+mod group;
 
 use super::{
     ActionCenterEntry, Admission, DigestClaim, DirectoryChanges, HeldGroup, LogEntry, Planner, Store, StoreError,
@@ -24,7 +26,10 @@ use crate::event::Event;
 use crate::route::{DigestKey, MemoryState};
 
 pub struct SqliteStore {
+    /// The one writer connection, for the writes off the hot path.
     writer: SqlitePool,
+    /// The same connection, for the writes of every event: batched into shared commits.
+    group: group::GroupWriter,
     reader: SqlitePool,
     /// This worker's name in leases.
     owner: String,
@@ -76,6 +81,7 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
         Ok(Self {
+            group: group::GroupWriter::new(writer.clone()),
             writer,
             reader,
             owner: super::worker_id(),
@@ -119,7 +125,7 @@ impl Store for SqliteStore {
         };
         let rows = sqlx::query("SELECT receiver, status FROM referral_states WHERE referral = ?")
             .bind(referral.id.as_str())
-            .fetch_all(&self.writer)
+            .fetch_all(&self.reader)
             .await?;
         for row in rows {
             let receiver: String = row.try_get("receiver")?;
@@ -138,7 +144,7 @@ impl Store for SqliteStore {
     }
 
     async fn claim_delivery(&self, log_id: i64) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.group.begin().await?;
         let (now, until) = (now(), self.lease_until());
         let claimed = sqlx::query(
             "UPDATE notification_log SET owner = ?, claim_until = ?
@@ -149,7 +155,7 @@ impl Store for SqliteStore {
         .bind(log_id)
         .bind(&self.owner)
         .bind(&now)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?
         .rows_affected()
             == 1;
@@ -161,7 +167,7 @@ impl Store for SqliteStore {
             .bind(&until)
             .bind(&self.owner)
             .bind(log_id)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         }
         tx.commit().await?;
@@ -169,25 +175,26 @@ impl Store for SqliteStore {
     }
 
     async fn release(&self, event_id: &str) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.group.begin().await?;
         sqlx::query(
             "UPDATE notification_log SET owner = NULL, claim_until = NULL
              WHERE event_id = ? AND owner = ? AND status = 'pending'",
         )
         .bind(event_id)
         .bind(&self.owner)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         sqlx::query("UPDATE events SET owner = NULL, lease_until = NULL WHERE event_id = ? AND owner = ?")
             .bind(event_id)
             .bind(&self.owner)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn mark_sent(&self, log_id: i64, message_id: Option<&str>) -> Result<(), StoreError> {
+        let mut tx = self.group.begin_statement().await?;
         sqlx::query(
             "UPDATE notification_log SET status = 'sent', message_id = ?, error = NULL, attempts = attempts + 1,
                owner = NULL, claim_until = NULL, updated_at = ? WHERE id = ?",
@@ -195,12 +202,13 @@ impl Store for SqliteStore {
         .bind(message_id)
         .bind(now())
         .bind(log_id)
-        .execute(&self.writer)
+        .execute(tx.conn())
         .await?;
-        Ok(())
+        tx.commit().await
     }
 
     async fn mark_failed(&self, log_id: i64, error: &str) -> Result<(), StoreError> {
+        let mut tx = self.group.begin_statement().await?;
         sqlx::query(
             "UPDATE notification_log SET status = 'failed', error = ?, attempts = attempts + 1, owner = NULL,
                claim_until = NULL, updated_at = ? WHERE id = ?",
@@ -208,22 +216,24 @@ impl Store for SqliteStore {
         .bind(error)
         .bind(now())
         .bind(log_id)
-        .execute(&self.writer)
+        .execute(tx.conn())
         .await?;
-        Ok(())
+        tx.commit().await
     }
 
     async fn note_attempt(&self, log_id: i64, error: &str) -> Result<(), StoreError> {
+        let mut tx = self.group.begin_statement().await?;
         sqlx::query("UPDATE notification_log SET error = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?")
             .bind(error)
             .bind(now())
             .bind(log_id)
-            .execute(&self.writer)
+            .execute(tx.conn())
             .await?;
-        Ok(())
+        tx.commit().await
     }
 
     async fn complete(&self, event_id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.group.begin_statement().await?;
         let done = sqlx::query(
             "UPDATE events SET completed_at = COALESCE(completed_at, ?), owner = NULL, lease_until = NULL
              WHERE event_id = ?
@@ -232,13 +242,16 @@ impl Store for SqliteStore {
         .bind(now())
         .bind(event_id)
         .bind(event_id)
-        .execute(&self.writer)
+        .execute(tx.conn())
         .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn put_entry(&self, e: &ActionCenterEntry) -> Result<(), StoreError> {
-        entries::put(&self.writer, e).await
+        let mut tx = self.group.begin_statement().await?;
+        entries::put(tx.conn(), e).await?;
+        tx.commit().await
     }
 
     async fn entries(&self, user: &str, unread_only: bool, limit: u32) -> Result<Vec<ActionCenterEntry>, StoreError> {

@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# The end-to-end benchmark, side by side with the broker's own ceiling, in one run:
+#   1. the ceiling: a bare lapin consumer (../shared/tools/amqp-ceiling, or
+#      $CEILING_DIR) acking persistent messages of the events' mean size at
+#      the worker's prefetch;
+#   2. per store (SQLite, then PostgreSQL): the real worker against a real SMTP
+#      sink on loopback; the directory is loaded first, then $EVENTS events of
+#      the SPEC's mix are published while it runs; loadgen counts lost and
+#      duplicate emails, latency publish -> SMTP-accepted, events/s, emails/s;
+#      CPU time per event and peak RSS come from /proc;
+#   3. memory: a backlog of $BACKLOG events published while the worker is
+#      stopped, then consumed; its peak RSS;
+#   4. rendering against handlebars.js (scripts/bench-render.sh).
+# Needs RabbitMQ on 127.0.0.1:5672 (guest) and PostgreSQL on 127.0.0.1:5432
+# (trust, user postgres). Everything it declares or creates is named bench.*
+# / bench_* with a run id, and is deleted at exit.
+# Last line: `bench: e2e_ratio=X render_ratio=Y rss_mib=Z`.
+# Knobs (environment): EVENTS, BACKLOG (0 skips it), RUNS (medians over them),
+# BACKLOG_LIMIT (seconds), PREFETCH, CONCURRENCY, SMTP_POOL, PG_POOL, STORES, RENDER, PERF_DIR, WORKER_BIN.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+EVENTS=${EVENTS:-3000}
+BACKLOG=${BACKLOG:-100000}
+RUNS=${RUNS:-3}
+PREFETCH=${PREFETCH:-256}
+CONCURRENCY=${CONCURRENCY:-128}
+SMTP_POOL=${SMTP_POOL:-32}
+PG_POOL=${PG_POOL:-16}
+PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
+AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+CEILING_DIR=${CEILING_DIR:-$ROOT/../shared/tools/amqp-ceiling}
+WAIT_LIMIT=${WAIT_LIMIT:-150} # seconds any one phase may take to drain
+STORES=${STORES:-sqlite postgres}
+RENDER=${RENDER:-1}        # 0: skip the render comparison
+PERF_DIR=${PERF_DIR:-}     # set: record a perf profile of the worker in each end-to-end run there
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+
+RUN=$(date +%s)$$
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench.XXXXXX")
+EXCHANGE=bench.events.$RUN
+DLX=bench.dlx.$RUN
+AC=bench.ac.$RUN
+QUEUES=()
+DATABASES=()
+PIDS=()
+
+log() { echo "bench: $*" >&2; }
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  local qs
+  qs=$(IFS=,; echo "${QUEUES[*]}")
+  "$BIN/examples/loadgen" cleanup --amqp "$AMQP_URL" --queues "$qs" --exchanges "$EXCHANGE,$DLX,$AC" || true
+  for db in "${DATABASES[@]}"; do
+    psql "$PG_URL/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  done
+  rm -rf "$WORK"
+}
+BIN=$CARGO_TARGET_DIR/release
+WORKER_BIN=${WORKER_BIN:-$BIN/referral-router}
+trap cleanup EXIT
+
+command -v psql >/dev/null || { log "needs psql (postgresql-client)"; exit 1; }
+
+log "building (release)"
+cargo build --quiet --release --locked --bin referral-router --example loadgen --example smtp_sink
+CEILING_TARGET=${CEILING_TARGET:-$CARGO_TARGET_DIR/amqp-ceiling}
+CARGO_TARGET_DIR=$CEILING_TARGET cargo build --quiet --release --manifest-path "$CEILING_DIR/Cargo.toml"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Sum of a Prometheus counter over its labels, from the worker's /metrics.
+counter() {
+  curl -sf "http://127.0.0.1:$HTTP_PORT/metrics" |
+    awk -v m="$1" 'index($1, m "{") == 1 || $1 == m {s += $2} END {printf "%d", s}'
+}
+
+# Waits (bounded) until the worker has settled at least $1 messages.
+wait_settled() {
+  local want=$1 deadline=$((SECONDS + WAIT_LIMIT)) got=0
+  while ((SECONDS < deadline)); do
+    got=$(counter router_messages_settled_total || echo 0)
+    ((got >= want)) && return 0
+    sleep 0.2
+  done
+  log "timed out: settled $got of $want"
+  return 1
+}
+
+wait_ready() {
+  local deadline=$((SECONDS + 60))
+  while ((SECONDS < deadline)); do
+    curl -sf "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null && return 0
+    kill -0 "$WORKER" 2>/dev/null || { log "worker exited"; tail -20 "$WORK/worker.log" >&2; return 1; }
+    sleep 0.2
+  done
+  log "worker not ready"
+  return 1
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+
+start_worker() { # store-url queue
+  HTTP_PORT=$(free_port)
+  ROUTER__AMQP__URL=$AMQP_URL ROUTER__AMQP__EXCHANGE=$EXCHANGE ROUTER__AMQP__QUEUE=$2 \
+    ROUTER__AMQP__DEAD_LETTER_EXCHANGE=$DLX ROUTER__AMQP__ACTION_CENTER_EXCHANGE=$AC \
+    ROUTER__AMQP__PREFETCH=$PREFETCH ROUTER__AMQP__CONCURRENCY=$CONCURRENCY \
+    ROUTER__SMTP__HOST=127.0.0.1 ROUTER__SMTP__PORT=$SMTP_PORT ROUTER__SMTP__TLS=none \
+    ROUTER__SMTP__POOL_MAX_SIZE=$SMTP_POOL ROUTER__STORE__URL=$1 ROUTER__STORE__MAX_CONNECTIONS=$PG_POOL \
+    ROUTER__HTTP__ADDR=127.0.0.1:$HTTP_PORT ROUTER__DIGEST__CHECK_EVERY=1h ROUTER__LOG__LEVEL=warn \
+    "$WORKER_BIN" run >>"$WORK/worker.log" 2>&1 &
+  WORKER=$!
+  PIDS+=("$WORKER")
+  wait_ready
+}
+
+stop_worker() {
+  kill -TERM "$WORKER" 2>/dev/null || true
+  local deadline=$((SECONDS + 30))
+  while kill -0 "$WORKER" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+  kill -KILL "$WORKER" 2>/dev/null || true
+  wait "$WORKER" 2>/dev/null || true
+}
+
+store_url() { # kind name: sets STORE_URL
+  if [ "$1" = sqlite ]; then
+    STORE_URL="sqlite://$WORK/$2.db"
+  else
+    local db=bench_${2//[^a-z0-9]/_}
+    psql "$PG_URL/postgres" -qc "CREATE DATABASE $db" >/dev/null
+    DATABASES+=("$db")
+    STORE_URL="$PG_URL/$db"
+  fi
+}
+
+loadgen() { "$BIN/examples/loadgen" "$@" --amqp "$AMQP_URL"; }
+
+# One end-to-end run; appends `events_s emails_s p50_ms p99_ms cpu_ms_per_event rss_mib lost dup cores`
+# to $WORK/rows-KIND.
+e2e() { # kind run
+  local name=$1$2 queue=bench.router.$RUN.$1$2
+  QUEUES+=("$queue" "$queue.dead")
+  store_url "$1" "$name$RUN"
+  start_worker "$STORE_URL" "$queue"
+  loadgen publish --exchange "$EXCHANGE" --events 0 --manifest "$WORK/dir.jsonl" 2>/dev/null
+  local dir
+  dir=$(sed -n 's/.*"directory":\([0-9]*\).*/\1/p' "$WORK/dir.jsonl")
+  wait_settled "$dir"
+  local cpu0 sink=$WORK/sink-$name.jsonl
+  : >"$WORK/sink.jsonl"
+  cpu0=$(cpu_ticks "$WORKER")
+  local t0=$EPOCHREALTIME perf=
+  if [ -n "$PERF_DIR" ]; then
+    mkdir -p "$PERF_DIR"
+    perf record -q -F 499 -g -p "$WORKER" -o "$PERF_DIR/perf-$name.data" 2>/dev/null &
+    perf=$!
+  fi
+  loadgen publish --exchange "$EXCHANGE" --no-directory --events "$EVENTS" --manifest "$WORK/m-$name.jsonl" \
+    2>"$WORK/publish.log"
+  wait_settled $((dir + EVENTS))
+  local cpu1 rss
+  cpu1=$(cpu_ticks "$WORKER")
+  local wall
+  wall=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {print b - a}')
+  rss=$(hwm_kib "$WORKER")
+  if [ -n "$perf" ]; then kill -INT "$perf" && wait "$perf" || true; fi
+  stop_worker
+  cp "$WORK/sink.jsonl" "$sink"
+  loadgen check --manifest "$WORK/m-$name.jsonl" --sink "$sink" >"$WORK/check-$name.txt"
+  cat "$WORK/check-$name.txt" >&2
+  local tck
+  tck=$(getconf CLK_TCK)
+  awk -v cpu=$((cpu1 - cpu0)) -v tck="$tck" -v n="$EVENTS" -v rss="$rss" -v wall="$wall" '
+    /^latency/ { for (i = 1; i <= NF; i++) { if ($i ~ /^p50=/) p50 = substr($i, 5); if ($i ~ /^p99=/) p99 = substr($i, 5);
+                 if ($i == "emails/s") em = $(i + 1); if ($i == "events/s") ev = $(i + 1) } }
+    /^lost=/ { split($0, a, /[ =]/); lost = a[2]; dup = a[4] }
+    END { sub(/ms;?/, "", p50); sub(/ms;?/, "", p99); sub(/;/, "", em);
+          printf "%s %s %s %s %.3f %.1f %s %s %.2f\n", ev, em, p50, p99, cpu * 1000 / tck / n, rss / 1024, lost, dup,
+                 cpu / tck / wall }' \
+    "$WORK/check-$name.txt" >>"$WORK/rows-$1"
+}
+
+median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+SMTP_PORT=$(free_port)
+"$BIN/examples/smtp_sink" --port "$SMTP_PORT" --out "$WORK/sink.jsonl" 2>/dev/null &
+PIDS+=($!)
+
+# The events' mean size, for the ceiling's messages.
+# Published to the default exchange with no queue of that name: dropped by the broker.
+SIZE=$(loadgen publish --exchange "" --no-directory --events 1000 --manifest "$WORK/sizing.jsonl" 2>&1 |
+  sed -n 's/.*mean_bytes=\([0-9]*\).*/\1/p')
+
+log "ceiling: amqp-ceiling, prefetch $PREFETCH, ${SIZE} B messages"
+CEILINGS=()
+for r in $(seq 1 "$RUNS"); do
+  QUEUES+=("bench.ceiling.$RUN")
+  line=$(timeout 120 "$CEILING_TARGET/release/amqp-ceiling" --url "$AMQP_URL" --messages 50000 \
+    --prefetch "$PREFETCH" --size "$SIZE" --queue "bench.ceiling.$RUN" | tail -1)
+  echo "$line" >&2
+  CEILINGS+=("$(sed -n 's/.*consume=\([0-9]*\).*/\1/p' <<<"$line")")
+done
+CEILING=$(printf '%s\n' "${CEILINGS[@]}" | median)
+
+declare -A RESULT
+for kind in $STORES; do
+  for r in $(seq 1 "$RUNS"); do
+    log "e2e $kind run $r: $EVENTS events, prefetch $PREFETCH, concurrency $CONCURRENCY"
+    e2e "$kind" "$r"
+  done
+  for col in 1 2 3 4 5 6 7 8 9; do
+    RESULT[$kind.$col]=$(awk -v c=$col '{print $c}' "$WORK/rows-$kind" | median)
+  done
+done
+
+BACKLOG_DONE=0 BACKLOG_SECS=0 BACKLOG_RSS=n/a
+if ((BACKLOG > 0)); then
+  log "memory: a backlog of $BACKLOG events, consumed on SQLite"
+  BQ=bench.router.$RUN.backlog
+  QUEUES+=("$BQ" "$BQ.dead")
+  start_worker "sqlite://$WORK/backlog.db" "$BQ"
+  loadgen publish --exchange "$EXCHANGE" --events 0 --manifest "$WORK/dir.jsonl" 2>/dev/null
+  DIR=$(sed -n 's/.*"directory":\([0-9]*\).*/\1/p' "$WORK/dir.jsonl")
+  wait_settled "$DIR"
+  stop_worker
+  loadgen publish --exchange "$EXCHANGE" --no-directory --events "$BACKLOG" --manifest "$WORK/backlog.jsonl" 2>/dev/null
+  start_worker "sqlite://$WORK/backlog.db" "$BQ"
+  T0=$SECONDS
+  # Bounded: on a slow run this reports how much of the backlog it got through.
+  WAIT_LIMIT=${BACKLOG_LIMIT:-180} wait_settled "$BACKLOG" || true
+  BACKLOG_DONE=$(counter router_messages_settled_total)
+  BACKLOG_SECS=$((SECONDS - T0))
+  BACKLOG_RSS=$(awk -v k="$(hwm_kib "$WORKER")" 'BEGIN {printf "%.1f", k / 1024}')
+  stop_worker
+fi
+
+RATIO=n/a
+if [ "$RENDER" = 1 ]; then
+  log "render: ours against handlebars.js"
+  RATIO=$(./scripts/bench-render.sh 2>&1 | tee /dev/stderr | sed -n 's/^render: .*ratio=\([0-9.]*\).*/\1/p' | tail -1)
+fi
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", (b > 0) ? a / b : 0}'; }
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)," \
+  "load average at start $LOAD0"
+echo "ceiling (amqp-ceiling, prefetch $PREFETCH, $SIZE B): consume=$CEILING msgs/s (median of $RUNS)"
+for kind in $STORES; do
+  echo "$kind: events/s=${RESULT[$kind.1]} emails/s=${RESULT[$kind.2]} p50=${RESULT[$kind.3]}ms" \
+    "p99=${RESULT[$kind.4]}ms cpu_ms/event=${RESULT[$kind.5]} peak_rss=${RESULT[$kind.6]}MiB" \
+    "lost=${RESULT[$kind.7]} duplicates=${RESULT[$kind.8]} worker_cores=${RESULT[$kind.9]}" \
+    "ratio=$(ratio "${RESULT[$kind.1]}" "$CEILING")" \
+    "(median of $RUNS, $EVENTS events)"
+done
+echo "backlog: $BACKLOG_DONE of $BACKLOG events in ${BACKLOG_SECS}s, peak_rss=${BACKLOG_RSS}MiB"
+echo "render: ratio=$RATIO (ours / handlebars.js per email)"
+echo "bench: e2e_ratio=$(ratio "${RESULT[sqlite.1]:-0}" "$CEILING") render_ratio=$RATIO rss_mib=$BACKLOG_RSS"
