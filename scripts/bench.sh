@@ -242,7 +242,9 @@ fi
 RATIO=n/a
 if [ "$RENDER" = 1 ]; then
   log "render: ours against handlebars.js"
-  RATIO=$(./scripts/bench-render.sh 2>&1 | tee /dev/stderr | sed -n 's/^render: .*ratio=\([0-9.]*\).*/\1/p' | tail -1)
+  out=$(./scripts/bench-render.sh 2>&1)
+  echo "$out" >&2
+  RATIO=$(sed -n 's/^render: .*ratio=\([0-9.]*\).*/\1/p' <<<"$out" | tail -1)
 fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", (b > 0) ? a / b : 0}'; }
