@@ -125,9 +125,12 @@ impl Flusher<'_> {
                 report.busy += 1;
                 continue;
             };
+            let turn = self.mailer.turn().await.map_err(|e| StoreError(e.to_string()))?;
             match self.send(&claim, policy).await {
                 Ok(message_id) => {
+                    // Recorded before the turn is given up: see `smtp.max_in_flight`.
                     self.store.digest_sent(&claim.id, &message_id, self.clock.now()).await?;
+                    drop(turn);
                     report.digests_sent += 1;
                     report.leads_digested += u32::try_from(claim.items.len()).unwrap_or(u32::MAX);
                     info!(digest = %claim.id, recipient = %claim.recipient, items = claim.items.len(),

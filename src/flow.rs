@@ -209,8 +209,17 @@ async fn dispatch(
                 Ok(m) => m,
                 Err(e) => return Ok(failed(e.to_string()).await?),
             };
+            let turn = app.mailer.turn().await.map_err(|e| ProcessError::Mail(e.to_string()))?;
             match app.mailer.send(message).await {
-                Ok(()) => id,
+                Ok(()) => {
+                    // Recorded before the turn is given up: see `smtp.max_in_flight`.
+                    app.store.mark_sent(item.log_id, Some(&id)).await?;
+                    drop(turn);
+                    app.metrics.deliveries.with_label_values(&[&channel, "sent"]).inc();
+                    info!(notification = %d.notification, channel = %d.channel, recipient = %d.recipient.email,
+                          rules = ?d.rules, id = %id, "sent");
+                    return Ok(());
+                }
                 Err(email::SendError::Permanent(e)) => return Ok(failed(e).await?),
                 Err(email::SendError::Transient(e)) => {
                     app.store.note_attempt(item.log_id, &e).await?;

@@ -76,12 +76,17 @@ impl Mailer {
         }
     }
 
-    pub async fn send(&self, message: Message) -> Result<(), SendError> {
-        let _turn = self
-            .in_flight
+    /// A turn to send: hold it until the send is recorded, so at most
+    /// `smtp.max_in_flight` messages are ever accepted-but-unrecorded.
+    pub async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, SendError> {
+        self.in_flight
             .acquire()
             .await
-            .map_err(|e| SendError::Transient(e.to_string()))?;
+            .map_err(|e| SendError::Transient(e.to_string()))
+    }
+
+    /// Sends one message; callers hold a [`Mailer::turn`] across the send and its record.
+    pub async fn send(&self, message: Message) -> Result<(), SendError> {
         match &self.transport {
             Transport::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| {
                 if e.is_permanent() {
