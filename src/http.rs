@@ -78,6 +78,15 @@ fn unauthorized(why: &str) -> Response {
         .into_response()
 }
 
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
 impl FromRequestParts<Arc<App>> for User {
     type Rejection = Response;
 
@@ -86,12 +95,7 @@ impl FromRequestParts<Arc<App>> for User {
         if secret.is_empty() {
             return Err(unauthorized("the Action Center API is not configured"));
         }
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| unauthorized("a bearer token is required"))?;
+        let token = bearer(parts).ok_or_else(|| unauthorized("a bearer token is required"))?;
         let key = DecodingKey::from_secret(secret.expose().as_bytes());
         let data = jsonwebtoken::decode::<Claims>(token.trim(), &key, &Validation::new(Algorithm::HS256))
             .map_err(|_| unauthorized("invalid token"))?;
@@ -170,12 +174,7 @@ impl FromRequestParts<Arc<App>> for Operator {
         if expected.is_empty() {
             return Err(unauthorized("the notification log API is not configured"));
         }
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| unauthorized("a bearer token is required"))?;
+        let token = bearer(parts).ok_or_else(|| unauthorized("a bearer token is required"))?;
         // Compare in constant time: the token is a shared secret.
         let (a, b) = (token.trim().as_bytes(), expected.expose().as_bytes());
         let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
