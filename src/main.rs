@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use referral_router::app::{self, App};
 use referral_router::cli::{self, explain, fixtures, templates};
 use referral_router::config::Settings;
-use referral_router::route::{MemoryState, RuleSet, route};
+use referral_router::route::{RuleSet, route};
 use referral_router::telemetry;
 
 #[derive(Parser)]
@@ -340,23 +340,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(path) => cli::read_directory(&path).map_err(anyhow::Error::msg)?,
                 None => Default::default(),
             };
-            let mut state = MemoryState::new();
-            if let Some(referral) = event.referral() {
-                let id = referral.id.as_str();
-                if let Some(s) = &referral_status {
-                    state.set_referral_status(id, s);
-                }
-                if let Some(s) = &receiver_status {
-                    for r in event.receivers().iter().filter_map(|r| r.partner_id.as_ref()) {
-                        state.set_receiver_status(id, r.as_str(), s);
-                    }
-                }
-            }
-            if let Some(position) = digest_position {
-                for key in route(&event, &rules, &dir, &state).counters {
-                    state.set_count(key, position);
-                }
-            }
+            let state = cli::seeded_state(
+                &event,
+                &rules,
+                &dir,
+                receiver_status.as_deref(),
+                referral_status.as_deref(),
+                digest_position,
+            );
             let plan = route(&event, &rules, &dir, &state);
             if json {
                 let out = explain::to_json(&event, &rules, &plan);

@@ -13,7 +13,7 @@ use crate::decode::decode_structured;
 use crate::directory::Directory;
 use crate::event::EmailAddress;
 use crate::route::rules::Channel;
-use crate::route::{Decision, MemoryState, Plan, RuleSet, route};
+use crate::route::{Decision, Plan, RuleSet, route};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,22 +187,14 @@ fn run_case(
             dir.apply(&e);
         }
     }
-    let mut state = MemoryState::new();
-    if let Some(referral) = event.referral() {
-        if let Some(s) = &case.state.referral_status {
-            state.set_referral_status(referral.id.as_str(), s);
-        }
-        if let Some(s) = &case.state.receiver_status {
-            for r in event.receivers().iter().filter_map(|r| r.partner_id.as_ref()) {
-                state.set_receiver_status(referral.id.as_str(), r.as_str(), s);
-            }
-        }
-    }
-    if let Some(position) = case.state.digest_position {
-        for key in route(&event, rules, &dir, &state).counters {
-            state.set_count(key, position);
-        }
-    }
+    let state = super::seeded_state(
+        &event,
+        rules,
+        &dir,
+        case.state.receiver_status.as_deref(),
+        case.state.referral_status.as_deref(),
+        case.state.digest_position,
+    );
     let plan = route(&event, rules, &dir, &state);
     let actual: BTreeSet<(String, Channel, String, DecisionName)> = plan
         .deliveries

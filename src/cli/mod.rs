@@ -76,3 +76,34 @@ pub fn rules_check(dir: &Path, templates: &Path) -> Result<String, String> {
         set.hash
     ))
 }
+
+/// State as a rule author describes it (`rules test` fixtures, `explain`
+/// flags): the status already recorded for the event's referral and each of
+/// its receivers, and this event's position among the day's counted items.
+pub fn seeded_state(
+    event: &Event,
+    rules: &RuleSet,
+    dir: &Directory,
+    receiver_status: Option<&str>,
+    referral_status: Option<&str>,
+    digest_position: Option<u32>,
+) -> crate::route::MemoryState {
+    let mut state = crate::route::MemoryState::new();
+    if let Some(referral) = event.referral() {
+        let id = referral.id.as_str();
+        if let Some(s) = referral_status {
+            state.set_referral_status(id, s);
+        }
+        if let Some(s) = receiver_status {
+            for r in event.receivers().iter().filter_map(|r| r.partner_id.as_ref()) {
+                state.set_receiver_status(id, r.as_str(), s);
+            }
+        }
+    }
+    if let Some(position) = digest_position {
+        for key in crate::route::route(event, rules, dir, &state).counters {
+            state.set_count(key, position);
+        }
+    }
+    state
+}
