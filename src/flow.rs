@@ -2,7 +2,7 @@
 //! dispatch. Acking is the caller's job, once this returns `Ok`.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
@@ -122,7 +122,7 @@ pub async fn process(app: &App, event: &Event) -> Result<(), ProcessError> {
     outcome
 }
 
-/// Sends each pending delivery this worker can claim, then marks the event done.
+/// Sends the deliveries admission claimed for this worker, then marks the event done.
 async fn dispatch_all(
     app: &App,
     active: &crate::app::Active,
@@ -131,11 +131,16 @@ async fn dispatch_all(
 ) -> Result<(), ProcessError> {
     // One session per event: what all recipients share is rendered once.
     let mut session = active.templates.session(event);
+    let mut renewed = Instant::now();
     for item in items {
-        if !app.store.claim_delivery(item.log_id).await? {
-            info!(notification = %item.delivery.notification, recipient = %item.delivery.recipient.email,
-                  "sent or being sent by another worker");
-            continue;
+        // A long event renews its claims as it goes, and stops if it lost one (its lease ran out meanwhile).
+        if renewed.elapsed() > app.settings.store.lease / 3 {
+            if !app.store.claim_delivery(item.log_id).await? {
+                info!(notification = %item.delivery.notification, recipient = %item.delivery.recipient.email,
+                      "sent or being sent by another worker");
+                continue;
+            }
+            renewed = Instant::now();
         }
         dispatch(app, active, event, &mut session, item).await?;
     }
@@ -213,7 +218,7 @@ async fn dispatch(
             match app.mailer.send(message).await {
                 Ok(()) => {
                     // Recorded before the turn is given up: see `smtp.max_in_flight`.
-                    app.store.mark_sent(item.log_id, Some(&id)).await?;
+                    app.store.mark_sent(event.id.as_str(), item.log_id, Some(&id)).await?;
                     drop(turn);
                     app.metrics.deliveries.with_label_values(&[&channel, "sent"]).inc();
                     info!(notification = %d.notification, channel = %d.channel, recipient = %d.recipient.email,
@@ -256,7 +261,7 @@ async fn dispatch(
             entry.id
         }
     };
-    app.store.mark_sent(item.log_id, Some(&sent_id)).await?;
+    app.store.mark_sent(event.id.as_str(), item.log_id, Some(&sent_id)).await?;
     app.metrics.deliveries.with_label_values(&[&channel, "sent"]).inc();
     info!(notification = %d.notification, channel = %d.channel, recipient = %d.recipient.email,
           rules = ?d.rules, id = %sent_id, "sent");

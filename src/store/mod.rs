@@ -95,7 +95,8 @@ pub enum Admission {
     /// Seen before and fully dispatched: nothing to do but ack.
     Done,
     /// Recorded (now or by an earlier attempt); these deliveries are still
-    /// pending, and this worker now holds the event's lease.
+    /// pending, and this worker now holds the event's lease and a claim on
+    /// each of them (a delivery another worker's live claim holds is left out).
     Pending { fresh: bool, items: Vec<OutboxItem> },
     /// Another worker holds the event's lease (it is processing a copy, or it
     /// crashed and the lease runs out in `retry_in`): ask again then.
@@ -199,20 +200,26 @@ pub trait Store: Send + Sync {
     /// the event's lease (unless another worker holds it: `Busy`), count it
     /// under `counters` (each increment returns its position), apply its
     /// directory change (if newer than the stored one) and the plan's state
-    /// records, and log every planned delivery. Returns what is still pending.
+    /// records, log every planned delivery, and claim the pending ones.
+    /// Returns the deliveries claimed.
     async fn admit(&self, event: &Event, counters: &[DigestKey], plan: Planner<'_>) -> Result<Admission, StoreError>;
 
-    /// Claims a pending delivery just before sending it, and renews the
-    /// event's lease. False when it is no longer pending or another worker's
-    /// claim on it is still live: then it must not be sent.
+    /// Claims (or renews this worker's claim on) a pending delivery, and
+    /// renews the event's lease: for an event whose sending outlasts a good
+    /// part of the lease. False when it is no longer pending or another
+    /// worker's claim on it is still live: then it must not be sent.
     async fn claim_delivery(&self, log_id: i64) -> Result<bool, StoreError>;
 
     /// Gives up this worker's lease on the event and claims on its deliveries
     /// (processing failed), so another worker can take it over at once.
     async fn release(&self, event_id: &str) -> Result<(), StoreError>;
 
-    /// A delivery went out (the mail server accepted it / the entry is stored and published).
-    async fn mark_sent(&self, log_id: i64, message_id: Option<&str>) -> Result<(), StoreError>;
+    /// A delivery of `event_id` went out (the mail server accepted it / the
+    /// entry is stored and published). Quick, because it is called while
+    /// holding a send turn: once it returns, the record survives this process
+    /// being killed; it is durable (a power cut) once the event's `complete`
+    /// or `release` returns.
+    async fn mark_sent(&self, event_id: &str, log_id: i64, message_id: Option<&str>) -> Result<(), StoreError>;
 
     /// A delivery will never go out; the error explains why.
     async fn mark_failed(&self, log_id: i64, error: &str) -> Result<(), StoreError>;

@@ -18,6 +18,7 @@ on_both_backends!(
     admits_once_counts_atomically_and_holds_past_the_threshold,
     counters_are_atomic_across_workers,
     a_leased_event_is_busy_for_others_until_done_or_expired,
+    a_send_recorded_just_before_a_crash_is_not_sent_again,
     directory_changes_converge_in_any_order,
     a_digest_claim_is_exclusive_until_its_lease_ends_and_then_the_same_digest,
     leads_held_after_a_claim_wait_for_the_next_digest,
@@ -79,7 +80,7 @@ async fn admits_once_counts_atomically_and_holds_past_the_threshold(backend: Bac
         assert!(matches!(again, Admission::Pending { fresh: false, items: ref i } if i.len() == items.len()));
         for item in items {
             assert!(store.claim_delivery(item.log_id).await.unwrap());
-            store.mark_sent(item.log_id, None).await.unwrap();
+            store.mark_sent(event.id.as_str(), item.log_id, None).await.unwrap();
         }
         assert!(store.complete(event.id.as_str()).await.unwrap());
         let done = store.admit(&event, &[], &|_| panic!("not re-planned")).await.unwrap();
@@ -130,7 +131,7 @@ async fn a_leased_event_is_busy_for_others_until_done_or_expired(backend: Backen
     assert!(!a.complete(event.id.as_str()).await.unwrap(), "still pending");
     for item in &items {
         assert!(a.claim_delivery(item.log_id).await.unwrap());
-        a.mark_sent(item.log_id, None).await.unwrap();
+        a.mark_sent(event.id.as_str(), item.log_id, None).await.unwrap();
     }
     assert!(a.complete(event.id.as_str()).await.unwrap());
     assert!(matches!(fx.admit(&*b, &event).await, Admission::Done));
@@ -156,6 +157,34 @@ async fn a_leased_event_is_busy_for_others_until_done_or_expired(backend: Backen
         fx.admit(&*a, &other).await,
         Admission::Pending { fresh: false, .. }
     ));
+}
+
+async fn a_send_recorded_just_before_a_crash_is_not_sent_again(backend: Backend) {
+    let fx = Fixture::load();
+    let db = TestStore::new(backend).await;
+    let event = fx.event("lead.created.contact_me.json", "lead-crash");
+    let dying = open(&db, Duration::from_millis(300)).await;
+    let Admission::Pending { fresh: true, items } = fx.admit(&*dying, &event).await else {
+        panic!("fresh");
+    };
+    assert!(items.len() >= 2, "the fixture plans several deliveries");
+    dying
+        .mark_sent(event.id.as_str(), items[0].log_id, Some("<first@partner-center.example>"))
+        .await
+        .unwrap();
+    // Killed right after the record: no complete, no release.
+    drop(dying);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let next = open(&db, LEASE).await;
+    let Admission::Pending { fresh: false, items: left } = fx.admit(&*next, &event).await else {
+        panic!("taken over once the lease ran out");
+    };
+    let ids = |items: &[store::OutboxItem]| items.iter().map(|i| i.log_id).collect::<Vec<_>>();
+    assert_eq!(ids(&left), ids(&items[1..]), "only what was not sent is left to send");
+    let log = next.log_for_event(event.id.as_str()).await.unwrap();
+    let sent: Vec<_> = log.iter().filter(|e| e.status == store::LogStatus::Sent).collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].message_id.as_deref(), Some("<first@partner-center.example>"));
 }
 
 fn directory_event(id: &str, time: &str, data: serde_json::Value, kind: &str) -> Event {

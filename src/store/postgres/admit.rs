@@ -117,7 +117,7 @@ pub async fn admit(
             .await?;
         }
     }
-    let items = pending_items(&mut tx, id).await?;
+    let items = claim_pending(&mut tx, store, id).await?;
     tx.commit().await?;
     Ok(Admission::Pending { fresh: true, items })
 }
@@ -155,7 +155,7 @@ async fn resume(store: &PgStore, mut tx: Transaction<'_, Postgres>, id: &str) ->
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    let items = pending_items(&mut tx, id).await?;
+    let items = claim_pending(&mut tx, store, id).await?;
     tx.commit().await?;
     Ok(Admission::Pending { fresh: false, items })
 }
@@ -184,13 +184,24 @@ async fn count(
     Ok(positions)
 }
 
-async fn pending_items(tx: &mut Transaction<'_, Postgres>, event_id: &str) -> Result<Vec<OutboxItem>, StoreError> {
-    let rows =
-        sqlx::query("SELECT id, delivery FROM notification_log WHERE event_id = $1 AND status = 'pending' ORDER BY id")
-            .bind(event_id)
-            .fetch_all(&mut **tx)
-            .await?;
-    rows.into_iter()
+/// Claims the event's pending deliveries (all but those another worker's live claim holds), in log order.
+async fn claim_pending(
+    tx: &mut Transaction<'_, Postgres>,
+    store: &PgStore,
+    event_id: &str,
+) -> Result<Vec<OutboxItem>, StoreError> {
+    let rows = sqlx::query(
+        "UPDATE notification_log SET owner = $2, claim_until = now() + make_interval(secs => $3)
+         WHERE event_id = $1 AND status = 'pending' AND (owner IS NULL OR owner = $2 OR claim_until < now())
+         RETURNING id, delivery",
+    )
+    .bind(event_id)
+    .bind(&store.owner)
+    .bind(store.lease_secs)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut items = rows
+        .into_iter()
         .map(|row| {
             let raw: String = row.try_get("delivery")?;
             Ok(OutboxItem {
@@ -198,5 +209,7 @@ async fn pending_items(tx: &mut Transaction<'_, Postgres>, event_id: &str) -> Re
                 delivery: StoredDelivery::parse(&raw)?,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    items.sort_by_key(|item| item.log_id);
+    Ok(items)
 }

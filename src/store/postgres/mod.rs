@@ -7,7 +7,9 @@
 
 use async_trait::async_trait;
 use sqlx::Row;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 mod admit;
 mod digests;
@@ -23,6 +25,11 @@ use chrono::{DateTime, Utc};
 
 pub struct PgStore {
     pool: PgPool,
+    /// For `mark_sent`, with `synchronous_commit = off`: its commit returns
+    /// without waiting for the WAL flush (a killed worker cannot lose it; a
+    /// server crash could, until the event's `complete`, committed in full,
+    /// flushes the WAL past it).
+    marks: PgPool,
     /// This worker's name in leases.
     owner: String,
     /// `store.lease` in seconds, for `make_interval`.
@@ -39,8 +46,15 @@ impl PgStore {
             .connect(settings.url.expose())
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let options = PgConnectOptions::from_str(settings.url.expose())?.options([("synchronous_commit", "off")]);
+        let marks = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options)
+            .await?;
         Ok(Self {
             pool,
+            marks,
             owner: super::worker_id(),
             lease_secs: settings.lease.as_secs_f64(),
         })
@@ -131,14 +145,14 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn mark_sent(&self, log_id: i64, message_id: Option<&str>) -> Result<(), StoreError> {
+    async fn mark_sent(&self, _event_id: &str, log_id: i64, message_id: Option<&str>) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE notification_log SET status = 'sent', message_id = $1, error = NULL, attempts = attempts + 1,
                owner = NULL, claim_until = NULL, updated_at = now() WHERE id = $2",
         )
         .bind(message_id)
         .bind(log_id)
-        .execute(&self.pool)
+        .execute(&self.marks)
         .await?;
         Ok(())
     }

@@ -62,7 +62,7 @@ pub async fn admit(
             .bind(id)
             .execute(tx.conn())
             .await?;
-        let items = pending_items(tx.conn(), id).await?;
+        let items = claim_pending(tx.conn(), store, id).await?;
         tx.commit().await?;
         return Ok(Admission::Pending { fresh: false, items });
     }
@@ -160,18 +160,31 @@ pub async fn admit(
             .await?;
         }
     }
-    let items = pending_items(tx.conn(), id).await?;
+    let items = claim_pending(tx.conn(), store, id).await?;
     tx.commit().await?;
     Ok(Admission::Pending { fresh: true, items })
 }
 
-async fn pending_items(conn: &mut SqliteConnection, event_id: &str) -> Result<Vec<OutboxItem>, StoreError> {
-    let rows =
-        sqlx::query("SELECT id, delivery FROM notification_log WHERE event_id = ? AND status = 'pending' ORDER BY id")
-            .bind(event_id)
-            .fetch_all(conn)
-            .await?;
-    rows.into_iter()
+/// Claims the event's pending deliveries (all but those another worker's live claim holds), in log order.
+async fn claim_pending(
+    conn: &mut SqliteConnection,
+    store: &SqliteStore,
+    event_id: &str,
+) -> Result<Vec<OutboxItem>, StoreError> {
+    let rows = sqlx::query(
+        "UPDATE notification_log SET owner = ?, claim_until = ?
+         WHERE event_id = ? AND status = 'pending' AND (owner IS NULL OR owner = ? OR claim_until < ?)
+         RETURNING id, delivery",
+    )
+    .bind(&store.owner)
+    .bind(store.lease_until())
+    .bind(event_id)
+    .bind(&store.owner)
+    .bind(now())
+    .fetch_all(conn)
+    .await?;
+    let mut items = rows
+        .into_iter()
         .map(|row| {
             let raw: String = row.try_get("delivery")?;
             Ok(OutboxItem {
@@ -179,5 +192,7 @@ async fn pending_items(conn: &mut SqliteConnection, event_id: &str) -> Result<Ve
                 delivery: StoredDelivery::parse(&raw)?,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    items.sort_by_key(|item| item.log_id);
+    Ok(items)
 }

@@ -5,7 +5,9 @@
 //! state, migrations at open. Leases work as in PostgreSQL, so the
 //! behaviour (and the test matrix) is the same on both.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,6 +19,7 @@ mod admit;
 mod digests;
 mod entries;
 mod group;
+mod journal;
 
 use super::{
     ActionCenterEntry, Admission, DigestClaim, DirectoryChanges, HeldGroup, LogEntry, Planner, Store, StoreError,
@@ -31,6 +34,10 @@ pub struct SqliteStore {
     /// The same connection, for the writes of every event: batched into shared commits.
     group: group::GroupWriter,
     reader: SqlitePool,
+    /// Where sent deliveries are written down at once (none for an in-memory database).
+    journal: Option<journal::Journal>,
+    /// Journal lines per event, committed with the event's `complete` or `release`.
+    uncommitted: Mutex<HashMap<String, Vec<journal::Line>>>,
     /// This worker's name in leases.
     owner: String,
     lease: Duration,
@@ -75,6 +82,16 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let journal = if path.is_empty() || path.starts_with(':') {
+            None
+        } else {
+            let (journal, leftover) = journal::Journal::open(std::path::Path::new(path))?;
+            let mut tx = writer.begin().await?;
+            mark_lines_sent(&mut tx, &leftover).await?;
+            tx.commit().await?;
+            journal.applied()?;
+            Some(journal)
+        };
         let reader = SqlitePoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
@@ -84,9 +101,44 @@ impl SqliteStore {
             group: group::GroupWriter::new(writer.clone()),
             writer,
             reader,
+            journal,
+            uncommitted: Mutex::default(),
             owner: super::worker_id(),
             lease: settings.lease,
         })
+    }
+
+    /// Takes the journal lines of an event, to commit them with the next write.
+    fn take_lines(&self, event_id: &str) -> Vec<journal::Line> {
+        self.uncommitted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(event_id)
+            .unwrap_or_default()
+    }
+
+    /// After the write that carried them: committed lines are done with; lines
+    /// of a failed write wait for the next one (and are in the journal meanwhile).
+    fn settle_lines(&self, event_id: &str, lines: Vec<journal::Line>, committed: bool) {
+        if lines.is_empty() {
+            return;
+        }
+        if committed {
+            if let Some(journal) = &self.journal {
+                journal.committed(&lines);
+            }
+        } else {
+            self.keep_lines(event_id, lines);
+        }
+    }
+
+    fn keep_lines(&self, event_id: &str, lines: Vec<journal::Line>) {
+        self.uncommitted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(event_id.to_string())
+            .or_default()
+            .extend(lines);
     }
 
     /// When a lease taken now runs out.
@@ -175,34 +227,46 @@ impl Store for SqliteStore {
     }
 
     async fn release(&self, event_id: &str) -> Result<(), StoreError> {
-        let mut tx = self.group.begin().await?;
-        sqlx::query(
-            "UPDATE notification_log SET owner = NULL, claim_until = NULL
-             WHERE event_id = ? AND owner = ? AND status = 'pending'",
-        )
-        .bind(event_id)
-        .bind(&self.owner)
-        .execute(tx.conn())
-        .await?;
-        sqlx::query("UPDATE events SET owner = NULL, lease_until = NULL WHERE event_id = ? AND owner = ?")
+        let lines = self.take_lines(event_id);
+        let result = async {
+            let mut tx = self.group.begin().await?;
+            mark_lines_sent(tx.conn(), &lines).await?;
+            sqlx::query(
+                "UPDATE notification_log SET owner = NULL, claim_until = NULL
+                 WHERE event_id = ? AND owner = ? AND status = 'pending'",
+            )
             .bind(event_id)
             .bind(&self.owner)
             .execute(tx.conn())
             .await?;
-        tx.commit().await?;
-        Ok(())
+            sqlx::query("UPDATE events SET owner = NULL, lease_until = NULL WHERE event_id = ? AND owner = ?")
+                .bind(event_id)
+                .bind(&self.owner)
+                .execute(tx.conn())
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        self.settle_lines(event_id, lines, result.is_ok());
+        result
     }
 
-    async fn mark_sent(&self, log_id: i64, message_id: Option<&str>) -> Result<(), StoreError> {
+    async fn mark_sent(&self, event_id: &str, log_id: i64, message_id: Option<&str>) -> Result<(), StoreError> {
+        if let Some(journal) = &self.journal {
+            // Written down now; in the database with the event's `complete` (or `release`).
+            let line = journal.write(log_id, message_id)?;
+            self.keep_lines(event_id, vec![line]);
+            return Ok(());
+        }
         let mut tx = self.group.begin_statement().await?;
-        sqlx::query(
-            "UPDATE notification_log SET status = 'sent', message_id = ?, error = NULL, attempts = attempts + 1,
-               owner = NULL, claim_until = NULL, updated_at = ? WHERE id = ?",
+        mark_lines_sent(
+            tx.conn(),
+            &[journal::Line {
+                log_id,
+                message_id: message_id.map(str::to_string),
+                file: 0,
+            }],
         )
-        .bind(message_id)
-        .bind(now())
-        .bind(log_id)
-        .execute(tx.conn())
         .await?;
         tx.commit().await
     }
@@ -233,19 +297,30 @@ impl Store for SqliteStore {
     }
 
     async fn complete(&self, event_id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.group.begin_statement().await?;
-        let done = sqlx::query(
-            "UPDATE events SET completed_at = COALESCE(completed_at, ?), owner = NULL, lease_until = NULL
-             WHERE event_id = ?
-               AND NOT EXISTS (SELECT 1 FROM notification_log WHERE event_id = ? AND status = 'pending')",
-        )
-        .bind(now())
-        .bind(event_id)
-        .bind(event_id)
-        .execute(tx.conn())
-        .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        let lines = self.take_lines(event_id);
+        let result = async {
+            let mut tx = if lines.is_empty() {
+                self.group.begin_statement().await?
+            } else {
+                self.group.begin().await?
+            };
+            mark_lines_sent(tx.conn(), &lines).await?;
+            let done = sqlx::query(
+                "UPDATE events SET completed_at = COALESCE(completed_at, ?), owner = NULL, lease_until = NULL
+                 WHERE event_id = ?
+                   AND NOT EXISTS (SELECT 1 FROM notification_log WHERE event_id = ? AND status = 'pending')",
+            )
+            .bind(now())
+            .bind(event_id)
+            .bind(event_id)
+            .execute(tx.conn())
+            .await?;
+            tx.commit().await?;
+            Ok(done.rows_affected() == 1)
+        }
+        .await;
+        self.settle_lines(event_id, lines, result.is_ok());
+        result
     }
 
     async fn put_entry(&self, e: &ActionCenterEntry) -> Result<(), StoreError> {
@@ -291,4 +366,21 @@ impl Store for SqliteStore {
     async fn log_for_recipient(&self, email: &str, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
         digests::log_for_recipient(&self.reader, email, limit).await
     }
+}
+
+/// Records deliveries as sent (those still pending: a line applied twice changes nothing).
+async fn mark_lines_sent(conn: &mut sqlx::SqliteConnection, lines: &[journal::Line]) -> Result<(), StoreError> {
+    let now = now();
+    for line in lines {
+        sqlx::query(
+            "UPDATE notification_log SET status = 'sent', message_id = ?, error = NULL, attempts = attempts + 1,
+               owner = NULL, claim_until = NULL, updated_at = ? WHERE id = ? AND status = 'pending'",
+        )
+        .bind(&line.message_id)
+        .bind(&now)
+        .bind(line.log_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
