@@ -12,7 +12,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::directory::DirectoryView;
-use crate::dispatch::email::{Mailer, SendError};
+use crate::dispatch::email::{Mailer, SendError, Staged};
 use crate::event::EventId;
 use crate::render::{Sender, Templates, build_email, message_id};
 use crate::route::RuleSet;
@@ -125,9 +125,15 @@ impl Flusher<'_> {
                 report.busy += 1;
                 continue;
             };
-            let turn = self.mailer.turn().await.map_err(|e| StoreError(e.to_string()))?;
-            match self.send(&claim, policy).await {
-                Ok(message_id) => {
+            let sent = match self.stage(&claim, policy).await {
+                Ok((staged, message_id)) => {
+                    let turn = self.mailer.turn().await.map_err(|e| StoreError(e.to_string()))?;
+                    staged.finish().await.map(|()| (message_id, turn)).map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok((message_id, turn)) => {
                     // Recorded before the turn is given up: see `smtp.max_in_flight`.
                     self.store.digest_sent(&claim.id, &message_id, self.clock.now()).await?;
                     drop(turn);
@@ -146,7 +152,8 @@ impl Flusher<'_> {
         Ok(report)
     }
 
-    async fn send(&self, claim: &DigestClaim, policy: &DigestPolicy) -> Result<String, String> {
+    /// Renders the digest and stages it with the mail server.
+    async fn stage(&self, claim: &DigestClaim, policy: &DigestPolicy) -> Result<(Staged<'_>, String), String> {
         let first = claim.items.first().ok_or("a digest with no items")?;
         let recipient = &first.delivery.recipient;
         let leads: Vec<_> = claim.items.iter().map(|i| i.event.clone()).collect();
@@ -168,8 +175,8 @@ impl Flusher<'_> {
             .then_some(self.mail.unsubscribe_url.as_str());
         let message =
             build_email(&email, self.sender, recipient, &id, unsubscribe, &claim.id).map_err(|e| e.to_string())?;
-        match self.mailer.send(message).await {
-            Ok(()) => Ok(id),
+        match self.mailer.stage(message).await {
+            Ok(staged) => Ok((staged, id)),
             Err(SendError::Transient(e) | SendError::Permanent(e)) => Err(e),
         }
     }

@@ -214,9 +214,15 @@ async fn dispatch(
                 Ok(m) => m,
                 Err(e) => return Ok(failed(e.to_string()).await?),
             };
-            let turn = app.mailer.turn().await.map_err(|e| ProcessError::Mail(e.to_string()))?;
-            match app.mailer.send(message).await {
-                Ok(()) => {
+            let sent = match app.mailer.stage(message).await {
+                Ok(staged) => {
+                    let turn = app.mailer.turn().await.map_err(|e| ProcessError::Mail(e.to_string()))?;
+                    staged.finish().await.map(|()| turn)
+                }
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(turn) => {
                     // Recorded before the turn is given up: see `smtp.max_in_flight`.
                     app.store.mark_sent(event.id.as_str(), item.log_id, Some(&id)).await?;
                     drop(turn);

@@ -1,11 +1,23 @@
-//! Email out: rendered MIME messages sent through a pooled SMTP transport,
-//! or written as `.eml` files when no SMTP host is configured.
+//! Email out: rendered MIME messages sent over pooled SMTP connections, or
+//! written as `.eml` files when no SMTP host is configured.
+//!
+//! A send has two steps. [`Mailer::stage`] takes a connection and does the
+//! envelope (`MAIL`, `RCPT`, `DATA`); many are staged at once, up to
+//! `smtp.pool_max_size`. [`Staged::finish`] sends the content and waits for
+//! the server to accept it; callers hold a [`Mailer::turn`] across it and
+//! the record that it went out, so at most `smtp.max_in_flight` messages are
+//! ever accepted by the server but not yet recorded.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use lettre::transport::smtp::PoolConfig;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::{Smtp, SmtpTls};
 
@@ -20,86 +32,271 @@ pub enum SendError {
     Permanent(String),
 }
 
+impl From<lettre::transport::smtp::Error> for SendError {
+    fn from(e: lettre::transport::smtp::Error) -> Self {
+        if e.is_permanent() {
+            Self::Permanent(e.to_string())
+        } else {
+            Self::Transient(e.to_string())
+        }
+    }
+}
+
 /// Where messages go.
 pub struct Mailer {
     transport: Transport,
-    /// SMTP transactions awaiting the server's reply: at most `smtp.max_in_flight`,
-    /// and never more than `smtp.pool_max_size` (lettre's pool bounds only idle
-    /// connections, so more concurrent sends would each open one of their own).
-    /// A message the server accepted just before this worker died is sent again
-    /// when its event is taken over (with the same Message-ID): the bound on
-    /// those duplicates per crash is this number.
-    in_flight: tokio::sync::Semaphore,
+    /// Turns to finish a send: `smtp.max_in_flight`. A message the server
+    /// accepted just before this worker died is sent again when its event is
+    /// taken over (with the same Message-ID): the bound on those duplicates
+    /// per crash is this number.
+    in_flight: Semaphore,
 }
 
 enum Transport {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp(Pool),
     Files(AsyncFileTransport<Tokio1Executor>),
 }
 
 impl Mailer {
     pub fn from_settings(smtp: &Smtp) -> Result<Self, String> {
-        if smtp.host.is_empty() {
+        let transport = if smtp.host.is_empty() {
             std::fs::create_dir_all(&smtp.outbox_dir)
                 .map_err(|e| format!("smtp.outbox_dir {}: {e}", smtp.outbox_dir.display()))?;
-            return Ok(Self::new(
-                Transport::Files(AsyncFileTransport::new(&smtp.outbox_dir)),
-                smtp,
-            ));
-        }
-        let builder = match smtp.tls {
-            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host),
-            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host),
-            SmtpTls::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)),
-        }
-        .map_err(|e| format!("smtp.host {}: {e}", smtp.host))?;
-        // Idle connections are closed by us before the server closes them
-        // (lettre issue 743: a pooled connection the server dropped fails the next send).
-        let idle = smtp.pool_idle_timeout.min(Duration::from_secs(50));
-        let mut builder = builder
-            .port(smtp.port)
-            .timeout(Some(smtp.timeout))
-            .pool_config(PoolConfig::new().max_size(smtp.pool_max_size).idle_timeout(idle));
-        if !smtp.username.is_empty() {
-            builder = builder.credentials(Credentials::new(
-                smtp.username.clone(),
-                smtp.password.expose().to_string(),
-            ));
-        }
-        Ok(Self::new(Transport::Smtp(builder.build()), smtp))
-    }
-
-    fn new(transport: Transport, smtp: &Smtp) -> Self {
-        Self {
+            Transport::Files(AsyncFileTransport::new(&smtp.outbox_dir))
+        } else {
+            Transport::Smtp(Pool::new(smtp)?)
+        };
+        Ok(Self {
             transport,
-            in_flight: tokio::sync::Semaphore::new(smtp.max_in_flight.min(smtp.pool_max_size as usize).max(1)),
-        }
+            in_flight: Semaphore::new(smtp.max_in_flight.max(1)),
+        })
     }
 
-    /// A turn to send: hold it until the send is recorded, so at most
-    /// `smtp.max_in_flight` messages are ever accepted-but-unrecorded.
-    pub async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, SendError> {
+    /// A turn to finish a send: hold it until the send is recorded.
+    pub async fn turn(&self) -> Result<SemaphorePermit<'_>, SendError> {
         self.in_flight
             .acquire()
             .await
             .map_err(|e| SendError::Transient(e.to_string()))
     }
 
-    /// Sends one message; callers hold a [`Mailer::turn`] across the send and its record.
-    pub async fn send(&self, message: Message) -> Result<(), SendError> {
+    /// Takes a connection and sends the envelope; the content follows with [`Staged::finish`].
+    pub async fn stage(&self, message: Message) -> Result<Staged<'_>, SendError> {
         match &self.transport {
-            Transport::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| {
-                if e.is_permanent() {
-                    SendError::Permanent(e.to_string())
-                } else {
-                    SendError::Transient(e.to_string())
-                }
-            }),
-            Transport::Files(t) => t
+            Transport::Smtp(pool) => pool.stage(message).await,
+            Transport::Files(files) => Ok(Staged::File { files, message }),
+        }
+    }
+}
+
+/// A message whose envelope the server has taken, waiting to send its content.
+/// Dropped unfinished, its connection is closed and the server discards it.
+pub enum Staged<'a> {
+    Smtp {
+        pool: &'a Pool,
+        connection: AsyncSmtpConnection,
+        content: Vec<u8>,
+        _slot: SemaphorePermit<'a>,
+    },
+    File {
+        files: &'a AsyncFileTransport<Tokio1Executor>,
+        message: Message,
+    },
+}
+
+impl Staged<'_> {
+    /// Sends the content; `Ok` once the server has accepted the message.
+    pub async fn finish(self) -> Result<(), SendError> {
+        match self {
+            Staged::Smtp {
+                pool,
+                mut connection,
+                content,
+                _slot,
+            } => {
+                pool.timed(connection.message(&content)).await?;
+                pool.put_back(connection);
+                Ok(())
+            }
+            Staged::File { files, message } => files
                 .send(message)
                 .await
                 .map(|_| ())
                 .map_err(|e| SendError::Transient(e.to_string())),
+        }
+    }
+}
+
+/// SMTP connections: at most `smtp.pool_max_size` open, idle ones kept for
+/// `smtp.pool_idle_timeout`. Plain and STARTTLS connections are opened with
+/// `TCP_NODELAY`: the content and its final dot go out as two writes, and
+/// without it the second waits for the server's delayed acknowledgement.
+pub struct Pool {
+    host: String,
+    port: u16,
+    tls: SmtpTls,
+    parameters: Option<TlsParameters>,
+    credentials: Option<Credentials>,
+    hello: ClientId,
+    timeout: Duration,
+    idle_timeout: Duration,
+    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    slots: Semaphore,
+}
+
+impl Pool {
+    fn new(smtp: &Smtp) -> Result<Self, String> {
+        let parameters = match smtp.tls {
+            SmtpTls::None => None,
+            SmtpTls::Tls | SmtpTls::Starttls => Some(
+                TlsParameters::new(smtp.host.clone()).map_err(|e| format!("smtp.host {}: TLS: {e}", smtp.host))?,
+            ),
+        };
+        Ok(Self {
+            host: smtp.host.clone(),
+            port: smtp.port,
+            tls: smtp.tls,
+            parameters,
+            credentials: (!smtp.username.is_empty())
+                .then(|| Credentials::new(smtp.username.clone(), smtp.password.expose().to_string())),
+            hello: ClientId::default(),
+            timeout: smtp.timeout,
+            // Closed by us before the server closes them (most do after about a minute).
+            idle_timeout: smtp.pool_idle_timeout.min(Duration::from_secs(50)),
+            idle: Mutex::default(),
+            slots: Semaphore::new((smtp.pool_max_size as usize).max(1)),
+        })
+    }
+
+    async fn stage(&self, message: Message) -> Result<Staged<'_>, SendError> {
+        let slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|e| SendError::Transient(e.to_string()))?;
+        let envelope = message.envelope().clone();
+        let content = message.formatted();
+        let connection = match self.take_idle() {
+            // A pooled connection the server has since closed fails at once: try a new one.
+            Some(mut pooled) => match self.envelope(&mut pooled, &envelope, &content).await {
+                Ok(()) => pooled,
+                Err(SendError::Transient(_)) => self.envelope_on_new(&envelope, &content).await?,
+                Err(e) => return Err(e),
+            },
+            None => self.envelope_on_new(&envelope, &content).await?,
+        };
+        Ok(Staged::Smtp {
+            pool: self,
+            connection,
+            content,
+            _slot: slot,
+        })
+    }
+
+    async fn envelope_on_new(&self, envelope: &Envelope, content: &[u8]) -> Result<AsyncSmtpConnection, SendError> {
+        let mut connection = self.connect().await?;
+        self.envelope(&mut connection, envelope, content).await?;
+        Ok(connection)
+    }
+
+    /// `MAIL FROM`, `RCPT TO` for each recipient, `DATA`.
+    async fn envelope(
+        &self,
+        connection: &mut AsyncSmtpConnection,
+        envelope: &Envelope,
+        content: &[u8],
+    ) -> Result<(), SendError> {
+        let info = connection.server_info();
+        let mut options = Vec::new();
+        let non_ascii = envelope.from().into_iter().chain(envelope.to()).any(|a| !AsRef::<str>::as_ref(a).is_ascii());
+        if non_ascii {
+            if !info.supports_feature(Extension::SmtpUtfEight) {
+                return Err(SendError::Permanent(
+                    "a non-ASCII address, and the server has no SMTPUTF8".into(),
+                ));
+            }
+            options.push(MailParameter::SmtpUtfEight);
+        }
+        if !content.is_ascii() {
+            if !info.supports_feature(Extension::EightBitMime) {
+                return Err(SendError::Permanent(
+                    "non-ASCII content, and the server has no 8BITMIME".into(),
+                ));
+            }
+            options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        self.timed(connection.command(Mail::new(envelope.from().cloned(), options)))
+            .await?;
+        for to in envelope.to() {
+            self.timed(connection.command(Rcpt::new(to.clone(), Vec::new()))).await?;
+        }
+        self.timed(connection.command(Data)).await?;
+        Ok(())
+    }
+
+    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+        let mut connection = match (&self.tls, &self.parameters) {
+            (SmtpTls::Tls, parameters) => {
+                self.timed(AsyncSmtpConnection::connect_tokio1(
+                    (self.host.as_str(), self.port),
+                    Some(self.timeout),
+                    &self.hello,
+                    parameters.clone(),
+                    None,
+                ))
+                .await?
+            }
+            (_, parameters) => {
+                let stream = tokio::time::timeout(
+                    self.timeout,
+                    tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+                )
+                .await
+                .map_err(|_| SendError::Transient(format!("connecting to {}:{}: timed out", self.host, self.port)))?
+                .map_err(|e| SendError::Transient(format!("connecting to {}:{}: {e}", self.host, self.port)))?;
+                stream
+                    .set_nodelay(true)
+                    .map_err(|e| SendError::Transient(format!("TCP_NODELAY: {e}")))?;
+                let mut connection = self
+                    .timed(AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello))
+                    .await?;
+                if let Some(parameters) = parameters {
+                    self.timed(connection.starttls(parameters.clone(), &self.hello)).await?;
+                }
+                connection
+            }
+        };
+        if let Some(credentials) = &self.credentials {
+            self.timed(connection.auth(DEFAULT_MECHANISMS, credentials)).await?;
+        }
+        Ok(connection)
+    }
+
+    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Newest first; the stale ones are dropped (closing their sockets).
+        idle.retain(|(_, since)| since.elapsed() < self.idle_timeout);
+        idle.pop().map(|(connection, _)| connection)
+    }
+
+    fn put_back(&self, connection: AsyncSmtpConnection) {
+        if !connection.has_broken() {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.push((connection, Instant::now()));
+        }
+    }
+
+    /// One step of the conversation, bounded by `smtp.timeout`.
+    async fn timed<T>(
+        &self,
+        step: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
+    ) -> Result<T, SendError> {
+        match tokio::time::timeout(self.timeout, step).await {
+            Ok(result) => result.map_err(SendError::from),
+            Err(_) => Err(SendError::Transient(format!(
+                "the SMTP server did not answer within {:?}",
+                self.timeout
+            ))),
         }
     }
 }
