@@ -53,7 +53,7 @@ pub struct Mailer {
 }
 
 enum Transport {
-    Smtp(Pool),
+    Smtp(Box<Pool>),
     Files(AsyncFileTransport<Tokio1Executor>),
 }
 
@@ -64,7 +64,7 @@ impl Mailer {
                 .map_err(|e| format!("smtp.outbox_dir {}: {e}", smtp.outbox_dir.display()))?;
             Transport::Files(AsyncFileTransport::new(&smtp.outbox_dir))
         } else {
-            Transport::Smtp(Pool::new(smtp)?)
+            Transport::Smtp(Box::new(Pool::new(smtp)?))
         };
         Ok(Self {
             transport,
@@ -94,7 +94,7 @@ impl Mailer {
 pub enum Staged<'a> {
     Smtp {
         pool: &'a Pool,
-        connection: AsyncSmtpConnection,
+        connection: Box<AsyncSmtpConnection>,
         content: Vec<u8>,
         _slot: SemaphorePermit<'a>,
     },
@@ -115,7 +115,7 @@ impl Staged<'_> {
                 _slot,
             } => {
                 pool.timed(connection.message(&content)).await?;
-                pool.put_back(connection);
+                pool.put_back(*connection);
                 Ok(())
             }
             Staged::File { files, message } => files
@@ -187,7 +187,7 @@ impl Pool {
         };
         Ok(Staged::Smtp {
             pool: self,
-            connection,
+            connection: Box::new(connection),
             content,
             _slot: slot,
         })
