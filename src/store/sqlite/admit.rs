@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use sqlx::{Row, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::{SqliteStore, now, parse_ts, ts};
 use crate::event::Event;
-use crate::route::{Decision, DigestKey};
+use crate::route::{Decision, Delivery, DigestKey};
 use crate::store::{Admission, OutboxItem, Planner, StoreError, StoredDelivery, record};
 
 pub async fn admit(
@@ -116,50 +116,7 @@ pub async fn admit(
         .execute(tx.conn())
         .await?;
     }
-    for delivery in &plan.deliveries {
-        let status = match delivery.decision {
-            Decision::Send => "pending",
-            Decision::Hold => "held",
-            Decision::Suppress => "suppressed",
-        };
-        let stored = serde_json::to_string(&StoredDelivery::from(delivery))
-            .map_err(|e| StoreError(format!("serializing a delivery: {e}")))?;
-        let log_id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO notification_log
-               (event_id, event_type, notification, channel, recipient, status, rules, delivery, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (event_id, notification, channel, recipient) DO NOTHING RETURNING id",
-        )
-        .bind(id)
-        .bind(event.event_type.as_str())
-        .bind(&delivery.notification)
-        .bind(delivery.channel.to_string())
-        .bind(delivery.recipient.email.key())
-        .bind(status)
-        .bind(serde_json::to_string(&delivery.rules).unwrap_or_default())
-        .bind(stored)
-        .bind(&now)
-        .bind(&now)
-        .fetch_optional(tx.conn())
-        .await?;
-        if let (Some(log_id), Some(key)) = (log_id, delivery.digest.as_ref())
-            && delivery.decision == Decision::Hold
-        {
-            sqlx::query(
-                "INSERT INTO held (log_id, counter, partner, day, recipient, created_at, event_json)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(log_id)
-            .bind(&key.counter)
-            .bind(key.partner.as_str())
-            .bind(key.day.to_string())
-            .bind(delivery.recipient.email.key())
-            .bind(&now)
-            .bind(record::cloudevent_json(event))
-            .execute(tx.conn())
-            .await?;
-        }
-    }
+    log_deliveries(tx.conn(), event, &plan.deliveries, &now).await?;
     let items = claim_pending(tx.conn(), store, id).await?;
     tx.commit().await?;
     Ok(Admission::Pending { fresh: true, items })
@@ -195,4 +152,87 @@ async fn claim_pending(
         .collect::<Result<Vec<_>, StoreError>>()?;
     items.sort_by_key(|item| item.log_id);
     Ok(items)
+}
+
+/// Rows per multi-row insert: well under SQLite's limit on bound parameters.
+const ROWS_PER_INSERT: usize = 500;
+
+/// Logs every planned delivery, and keeps each held one for its digest:
+/// a few statements for the whole plan, not one per delivery.
+async fn log_deliveries(
+    conn: &mut SqliteConnection,
+    event: &Event,
+    deliveries: &[Delivery],
+    now: &str,
+) -> Result<(), StoreError> {
+    let id = event.id.as_str();
+    let mut held = Vec::new();
+    for chunk in deliveries.chunks(ROWS_PER_INSERT) {
+        let mut rows = Vec::with_capacity(chunk.len());
+        for delivery in chunk {
+            let status = match delivery.decision {
+                Decision::Send => "pending",
+                Decision::Hold => "held",
+                Decision::Suppress => "suppressed",
+            };
+            let stored = serde_json::to_string(&StoredDelivery::from(delivery))
+                .map_err(|e| StoreError(format!("serializing a delivery: {e}")))?;
+            rows.push((delivery, status, stored));
+        }
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO notification_log
+               (event_id, event_type, notification, channel, recipient, status, rules, delivery, created_at, updated_at) ",
+        );
+        insert.push_values(&rows, |mut row, (delivery, status, stored)| {
+            row.push_bind(id)
+                .push_bind(event.event_type.as_str())
+                .push_bind(&delivery.notification)
+                .push_bind(delivery.channel.to_string())
+                .push_bind(delivery.recipient.email.key())
+                .push_bind(*status)
+                .push_bind(serde_json::to_string(&delivery.rules).unwrap_or_default())
+                .push_bind(stored.as_str())
+                .push_bind(now)
+                .push_bind(now);
+        });
+        insert.push(
+            " ON CONFLICT (event_id, notification, channel, recipient) DO NOTHING
+              RETURNING id, notification, channel, recipient",
+        );
+        for row in insert.build().fetch_all(&mut *conn).await? {
+            let key = (
+                row.try_get::<String, _>("notification")?,
+                row.try_get::<String, _>("channel")?,
+                row.try_get::<String, _>("recipient")?,
+            );
+            let logged = chunk.iter().find(|d| {
+                d.decision == Decision::Hold
+                    && d.notification == key.0
+                    && d.channel.to_string() == key.1
+                    && d.recipient.email.key() == key.2
+            });
+            if let Some(digest) = logged.and_then(|d| d.digest.as_ref().map(|k| (k, d))) {
+                held.push((row.try_get::<i64, _>("id")?, digest));
+            }
+        }
+    }
+    if held.is_empty() {
+        return Ok(());
+    }
+    let event_json = record::cloudevent_json(event);
+    for chunk in held.chunks(ROWS_PER_INSERT) {
+        let mut insert =
+            QueryBuilder::<Sqlite>::new("INSERT INTO held (log_id, counter, partner, day, recipient, created_at, event_json) ");
+        insert.push_values(chunk, |mut row, (log_id, (key, delivery))| {
+            row.push_bind(*log_id)
+                .push_bind(&key.counter)
+                .push_bind(key.partner.as_str())
+                .push_bind(key.day.to_string())
+                .push_bind(delivery.recipient.email.key())
+                .push_bind(now)
+                .push_bind(event_json.as_str());
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
 }

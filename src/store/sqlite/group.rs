@@ -46,8 +46,9 @@ pub struct Write<'a> {
     guard: MutexGuard<'a, Open>,
     inner: &'a Inner,
     done: bool,
-    /// False for a single statement: SQLite undoes a failed statement by
-    /// itself, so it needs no savepoint (two fewer round trips to the connection).
+    /// False for statements that stand alone: SQLite undoes a failed
+    /// statement by itself, so they need no savepoint (two fewer round trips
+    /// to the connection).
     savepoint: bool,
 }
 
@@ -69,7 +70,9 @@ impl GroupWriter {
         self.start(true).await
     }
 
-    /// Starts a write of exactly one statement (no savepoint needed).
+    /// Starts a write of statements that each stand alone: SQLite undoes a
+    /// failed statement by itself, and one that succeeded before a later one
+    /// failed is kept (no savepoint needed).
     pub async fn begin_statement(&self) -> Result<Write<'_>, StoreError> {
         self.start(false).await
     }

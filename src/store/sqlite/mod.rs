@@ -299,11 +299,8 @@ impl Store for SqliteStore {
     async fn complete(&self, event_id: &str) -> Result<bool, StoreError> {
         let lines = self.take_lines(event_id);
         let result = async {
-            let mut tx = if lines.is_empty() {
-                self.group.begin_statement().await?
-            } else {
-                self.group.begin().await?
-            };
+            // No savepoint: each statement stands on its own (what was sent, was sent).
+            let mut tx = self.group.begin_statement().await?;
             mark_lines_sent(tx.conn(), &lines).await?;
             let done = sqlx::query(
                 "UPDATE events SET completed_at = COALESCE(completed_at, ?), owner = NULL, lease_until = NULL
@@ -368,19 +365,25 @@ impl Store for SqliteStore {
     }
 }
 
-/// Records deliveries as sent (those still pending: a line applied twice changes nothing).
+/// Records deliveries as sent (those still pending: a line applied twice
+/// changes nothing), in one statement per few hundred lines.
 async fn mark_lines_sent(conn: &mut sqlx::SqliteConnection, lines: &[journal::Line]) -> Result<(), StoreError> {
     let now = now();
-    for line in lines {
-        sqlx::query(
-            "UPDATE notification_log SET status = 'sent', message_id = ?, error = NULL, attempts = attempts + 1,
-               owner = NULL, claim_until = NULL, updated_at = ? WHERE id = ? AND status = 'pending'",
-        )
-        .bind(&line.message_id)
-        .bind(&now)
-        .bind(line.log_id)
-        .execute(&mut *conn)
-        .await?;
+    for chunk in lines.chunks(300) {
+        let mut update = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE notification_log SET status = 'sent', message_id = CASE id");
+        for line in chunk {
+            update.push(" WHEN ").push_bind(line.log_id).push(" THEN ").push_bind(line.message_id.as_deref());
+        }
+        update
+            .push(" END, error = NULL, attempts = attempts + 1, owner = NULL, claim_until = NULL, updated_at = ")
+            .push_bind(&now)
+            .push(" WHERE status = 'pending' AND id IN (");
+        let mut ids = update.separated(", ");
+        for line in chunk {
+            ids.push_bind(line.log_id);
+        }
+        update.push(")");
+        update.build().execute(&mut *conn).await?;
     }
     Ok(())
 }
