@@ -128,7 +128,11 @@ impl Flusher<'_> {
             let sent = match self.stage(&claim, policy).await {
                 Ok((staged, message_id)) => {
                     let turn = self.mailer.turn().await.map_err(|e| StoreError(e.to_string()))?;
-                    staged.finish().await.map(|()| (message_id, turn)).map_err(|e| e.to_string())
+                    staged
+                        .finish()
+                        .await
+                        .map(|()| (message_id, turn))
+                        .map_err(|e| e.to_string())
                 }
                 Err(e) => Err(e),
             };

@@ -267,7 +267,9 @@ async fn dispatch(
             entry.id
         }
     };
-    app.store.mark_sent(event.id.as_str(), item.log_id, Some(&sent_id)).await?;
+    app.store
+        .mark_sent(event.id.as_str(), item.log_id, Some(&sent_id))
+        .await?;
     app.metrics.deliveries.with_label_values(&[&channel, "sent"]).inc();
     info!(notification = %d.notification, channel = %d.channel, recipient = %d.recipient.email,
           rules = ?d.rules, id = %sent_id, "sent");

@@ -148,9 +148,9 @@ impl Pool {
     fn new(smtp: &Smtp) -> Result<Self, String> {
         let parameters = match smtp.tls {
             SmtpTls::None => None,
-            SmtpTls::Tls | SmtpTls::Starttls => Some(
-                TlsParameters::new(smtp.host.clone()).map_err(|e| format!("smtp.host {}: TLS: {e}", smtp.host))?,
-            ),
+            SmtpTls::Tls | SmtpTls::Starttls => {
+                Some(TlsParameters::new(smtp.host.clone()).map_err(|e| format!("smtp.host {}: TLS: {e}", smtp.host))?)
+            }
         };
         Ok(Self {
             host: smtp.host.clone(),
@@ -208,7 +208,11 @@ impl Pool {
     ) -> Result<(), SendError> {
         let info = connection.server_info();
         let mut options = Vec::new();
-        let non_ascii = envelope.from().into_iter().chain(envelope.to()).any(|a| !AsRef::<str>::as_ref(a).is_ascii());
+        let non_ascii = envelope
+            .from()
+            .into_iter()
+            .chain(envelope.to())
+            .any(|a| !AsRef::<str>::as_ref(a).is_ascii());
         if non_ascii {
             if !info.supports_feature(Extension::SmtpUtfEight) {
                 return Err(SendError::Permanent(
@@ -228,7 +232,8 @@ impl Pool {
         self.timed(connection.command(Mail::new(envelope.from().cloned(), options)))
             .await?;
         for to in envelope.to() {
-            self.timed(connection.command(Rcpt::new(to.clone(), Vec::new()))).await?;
+            self.timed(connection.command(Rcpt::new(to.clone(), Vec::new())))
+                .await?;
         }
         self.timed(connection.command(Data)).await?;
         Ok(())
@@ -258,7 +263,10 @@ impl Pool {
                     .set_nodelay(true)
                     .map_err(|e| SendError::Transient(format!("TCP_NODELAY: {e}")))?;
                 let mut connection = self
-                    .timed(AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello))
+                    .timed(AsyncSmtpConnection::connect_with_transport(
+                        Box::new(stream),
+                        &self.hello,
+                    ))
                     .await?;
                 if let Some(parameters) = parameters {
                     self.timed(connection.starttls(parameters.clone(), &self.hello)).await?;

@@ -115,3 +115,59 @@ pub fn log_entry(
         updated_at,
     })
 }
+
+/// Rows per multi-row insert or update: well under either backend's limit on bound parameters.
+pub const ROWS_PER_STATEMENT: usize = 300;
+
+/// A planned delivery as a new notification-log row.
+pub struct LogRow<'a> {
+    pub delivery: &'a crate::route::Delivery,
+    pub channel: String,
+    pub recipient: String,
+    pub status: &'static str,
+    pub rules: String,
+    /// The delivery itself, as JSON, for whoever sends it.
+    pub stored: String,
+}
+
+/// The log rows of a plan's deliveries.
+pub fn log_rows(deliveries: &[crate::route::Delivery]) -> Result<Vec<LogRow<'_>>, super::StoreError> {
+    use crate::route::Decision;
+    deliveries
+        .iter()
+        .map(|delivery| {
+            Ok(LogRow {
+                delivery,
+                channel: delivery.channel.to_string(),
+                recipient: delivery.recipient.email.key(),
+                status: match delivery.decision {
+                    Decision::Send => "pending",
+                    Decision::Hold => "held",
+                    Decision::Suppress => "suppressed",
+                },
+                rules: serde_json::to_string(&delivery.rules).unwrap_or_default(),
+                stored: serde_json::to_string(&super::StoredDelivery::from(delivery))
+                    .map_err(|e| super::StoreError(format!("serializing a delivery: {e}")))?,
+            })
+        })
+        .collect()
+}
+
+/// The held delivery (and its digest key) a logged row is, if it is one:
+/// rows are matched back by (notification, channel, recipient), what the
+/// insert returns.
+pub fn held_row<'a>(
+    rows: &[LogRow<'a>],
+    notification: &str,
+    channel: &str,
+    recipient: &str,
+) -> Option<(&'a crate::route::DigestKey, &'a crate::route::Delivery)> {
+    rows.iter()
+        .find(|r| {
+            r.status == "held"
+                && r.delivery.notification == notification
+                && r.channel == channel
+                && r.recipient == recipient
+        })
+        .and_then(|r| r.delivery.digest.as_ref().map(|key| (key, r.delivery)))
+}

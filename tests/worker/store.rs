@@ -169,14 +169,22 @@ async fn a_send_recorded_just_before_a_crash_is_not_sent_again(backend: Backend)
     };
     assert!(items.len() >= 2, "the fixture plans several deliveries");
     dying
-        .mark_sent(event.id.as_str(), items[0].log_id, Some("<first@partner-center.example>"))
+        .mark_sent(
+            event.id.as_str(),
+            items[0].log_id,
+            Some("<first@partner-center.example>"),
+        )
         .await
         .unwrap();
     // Killed right after the record: no complete, no release.
     drop(dying);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let next = open(&db, LEASE).await;
-    let Admission::Pending { fresh: false, items: left } = fx.admit(&*next, &event).await else {
+    let Admission::Pending {
+        fresh: false,
+        items: left,
+    } = fx.admit(&*next, &event).await
+    else {
         panic!("taken over once the lease ran out");
     };
     let ids = |items: &[store::OutboxItem]| items.iter().map(|i| i.log_id).collect::<Vec<_>>();

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
 use super::PgStore;
 use crate::event::Event;
-use crate::route::{Decision, DigestKey};
+use crate::route::{Delivery, DigestKey};
 use crate::store::{Admission, OutboxItem, Planner, StoreError, StoredDelivery, record};
 
 pub async fn admit(
@@ -76,47 +76,7 @@ pub async fn admit(
         .execute(&mut *tx)
         .await?;
     }
-    for delivery in &plan.deliveries {
-        let status = match delivery.decision {
-            Decision::Send => "pending",
-            Decision::Hold => "held",
-            Decision::Suppress => "suppressed",
-        };
-        let stored = serde_json::to_string(&StoredDelivery::from(delivery))
-            .map_err(|e| StoreError(format!("serializing a delivery: {e}")))?;
-        let log_id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO notification_log
-               (event_id, event_type, notification, channel, recipient, status, rules, delivery, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), now())
-             ON CONFLICT (event_id, notification, channel, recipient) DO NOTHING RETURNING id",
-        )
-        .bind(id)
-        .bind(event.event_type.as_str())
-        .bind(&delivery.notification)
-        .bind(delivery.channel.to_string())
-        .bind(delivery.recipient.email.key())
-        .bind(status)
-        .bind(serde_json::to_string(&delivery.rules).unwrap_or_default())
-        .bind(stored)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let (Some(log_id), Some(key)) = (log_id, delivery.digest.as_ref())
-            && delivery.decision == Decision::Hold
-        {
-            sqlx::query(
-                "INSERT INTO held (log_id, counter, partner, day, recipient, created_at, event_json)
-                 VALUES ($1, $2, $3, $4, $5, now(), $6)",
-            )
-            .bind(log_id)
-            .bind(&key.counter)
-            .bind(key.partner.as_str())
-            .bind(key.day)
-            .bind(delivery.recipient.email.key())
-            .bind(record::cloudevent_json(event))
-            .execute(&mut *tx)
-            .await?;
-        }
-    }
+    log_deliveries(&mut tx, event, &plan.deliveries).await?;
     let items = claim_pending(&mut tx, store, id).await?;
     tx.commit().await?;
     Ok(Admission::Pending { fresh: true, items })
@@ -212,4 +172,68 @@ async fn claim_pending(
         .collect::<Result<Vec<_>, StoreError>>()?;
     items.sort_by_key(|item| item.log_id);
     Ok(items)
+}
+
+/// Logs every planned delivery, and keeps each held one for its digest:
+/// a few statements for the whole plan, not one per delivery.
+async fn log_deliveries(
+    tx: &mut Transaction<'_, Postgres>,
+    event: &Event,
+    deliveries: &[Delivery],
+) -> Result<(), StoreError> {
+    let id = event.id.as_str();
+    let rows = record::log_rows(deliveries)?;
+    let mut held = Vec::new();
+    for chunk in rows.chunks(record::ROWS_PER_STATEMENT) {
+        let mut insert = QueryBuilder::<Postgres>::new(
+            "INSERT INTO notification_log
+               (event_id, event_type, notification, channel, recipient, status, rules, delivery, created_at, updated_at) ",
+        );
+        insert.push_values(chunk, |mut row, r| {
+            row.push_bind(id)
+                .push_bind(event.event_type.as_str())
+                .push_bind(&r.delivery.notification)
+                .push_bind(&r.channel)
+                .push_bind(&r.recipient)
+                .push_bind(r.status)
+                .push_bind(&r.rules)
+                .push_bind(&r.stored)
+                .push("now()")
+                .push("now()");
+        });
+        insert.push(
+            " ON CONFLICT (event_id, notification, channel, recipient) DO NOTHING
+              RETURNING id, notification, channel, recipient",
+        );
+        for row in insert.build().fetch_all(&mut **tx).await? {
+            let (notification, channel, recipient): (String, String, String) = (
+                row.try_get("notification")?,
+                row.try_get("channel")?,
+                row.try_get("recipient")?,
+            );
+            if let Some(digest) = record::held_row(chunk, &notification, &channel, &recipient) {
+                held.push((row.try_get::<i64, _>("id")?, digest));
+            }
+        }
+    }
+    if held.is_empty() {
+        return Ok(());
+    }
+    let event_json = record::cloudevent_json(event);
+    for chunk in held.chunks(record::ROWS_PER_STATEMENT) {
+        let mut insert = QueryBuilder::<Postgres>::new(
+            "INSERT INTO held (log_id, counter, partner, day, recipient, created_at, event_json) ",
+        );
+        insert.push_values(chunk, |mut row, (log_id, (key, delivery))| {
+            row.push_bind(*log_id)
+                .push_bind(&key.counter)
+                .push_bind(key.partner.as_str())
+                .push_bind(key.day)
+                .push_bind(delivery.recipient.email.key())
+                .push("now()")
+                .push_bind(event_json.as_str());
+        });
+        insert.build().execute(&mut **tx).await?;
+    }
+    Ok(())
 }

@@ -8,7 +8,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::{SqliteStore, now, parse_ts, ts};
 use crate::event::Event;
-use crate::route::{Decision, Delivery, DigestKey};
+use crate::route::{Delivery, DigestKey};
 use crate::store::{Admission, OutboxItem, Planner, StoreError, StoredDelivery, record};
 
 pub async fn admit(
@@ -154,9 +154,6 @@ async fn claim_pending(
     Ok(items)
 }
 
-/// Rows per multi-row insert: well under SQLite's limit on bound parameters.
-const ROWS_PER_INSERT: usize = 500;
-
 /// Logs every planned delivery, and keeps each held one for its digest:
 /// a few statements for the whole plan, not one per delivery.
 async fn log_deliveries(
@@ -166,32 +163,22 @@ async fn log_deliveries(
     now: &str,
 ) -> Result<(), StoreError> {
     let id = event.id.as_str();
+    let rows = record::log_rows(deliveries)?;
     let mut held = Vec::new();
-    for chunk in deliveries.chunks(ROWS_PER_INSERT) {
-        let mut rows = Vec::with_capacity(chunk.len());
-        for delivery in chunk {
-            let status = match delivery.decision {
-                Decision::Send => "pending",
-                Decision::Hold => "held",
-                Decision::Suppress => "suppressed",
-            };
-            let stored = serde_json::to_string(&StoredDelivery::from(delivery))
-                .map_err(|e| StoreError(format!("serializing a delivery: {e}")))?;
-            rows.push((delivery, status, stored));
-        }
+    for chunk in rows.chunks(record::ROWS_PER_STATEMENT) {
         let mut insert = QueryBuilder::<Sqlite>::new(
             "INSERT INTO notification_log
                (event_id, event_type, notification, channel, recipient, status, rules, delivery, created_at, updated_at) ",
         );
-        insert.push_values(&rows, |mut row, (delivery, status, stored)| {
+        insert.push_values(chunk, |mut row, r| {
             row.push_bind(id)
                 .push_bind(event.event_type.as_str())
-                .push_bind(&delivery.notification)
-                .push_bind(delivery.channel.to_string())
-                .push_bind(delivery.recipient.email.key())
-                .push_bind(*status)
-                .push_bind(serde_json::to_string(&delivery.rules).unwrap_or_default())
-                .push_bind(stored.as_str())
+                .push_bind(&r.delivery.notification)
+                .push_bind(&r.channel)
+                .push_bind(&r.recipient)
+                .push_bind(r.status)
+                .push_bind(&r.rules)
+                .push_bind(&r.stored)
                 .push_bind(now)
                 .push_bind(now);
         });
@@ -200,18 +187,12 @@ async fn log_deliveries(
               RETURNING id, notification, channel, recipient",
         );
         for row in insert.build().fetch_all(&mut *conn).await? {
-            let key = (
-                row.try_get::<String, _>("notification")?,
-                row.try_get::<String, _>("channel")?,
-                row.try_get::<String, _>("recipient")?,
+            let (notification, channel, recipient): (String, String, String) = (
+                row.try_get("notification")?,
+                row.try_get("channel")?,
+                row.try_get("recipient")?,
             );
-            let logged = chunk.iter().find(|d| {
-                d.decision == Decision::Hold
-                    && d.notification == key.0
-                    && d.channel.to_string() == key.1
-                    && d.recipient.email.key() == key.2
-            });
-            if let Some(digest) = logged.and_then(|d| d.digest.as_ref().map(|k| (k, d))) {
+            if let Some(digest) = record::held_row(chunk, &notification, &channel, &recipient) {
                 held.push((row.try_get::<i64, _>("id")?, digest));
             }
         }
@@ -220,9 +201,10 @@ async fn log_deliveries(
         return Ok(());
     }
     let event_json = record::cloudevent_json(event);
-    for chunk in held.chunks(ROWS_PER_INSERT) {
-        let mut insert =
-            QueryBuilder::<Sqlite>::new("INSERT INTO held (log_id, counter, partner, day, recipient, created_at, event_json) ");
+    for chunk in held.chunks(record::ROWS_PER_STATEMENT) {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO held (log_id, counter, partner, day, recipient, created_at, event_json) ",
+        );
         insert.push_values(chunk, |mut row, (log_id, (key, delivery))| {
             row.push_bind(*log_id)
                 .push_bind(&key.counter)

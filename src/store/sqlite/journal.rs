@@ -165,7 +165,9 @@ fn existing(stem: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     };
     let prefix = format!(
         "{}.",
-        stem.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        stem.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     );
     let entries = std::fs::read_dir(&dir).map_err(|e| StoreError(format!("listing {}: {e}", dir.display())))?;
     let mut files: Vec<(u64, PathBuf)> = entries
@@ -232,7 +234,11 @@ mod tests {
         journal.lock().size = ROTATE_AT;
         let second = journal.write(2, Some("<b@x>")).unwrap();
         assert_ne!(first.file, second.file);
-        assert_eq!(existing(&journal.stem).unwrap().len(), 2, "the rotated file still has an uncommitted line");
+        assert_eq!(
+            existing(&journal.stem).unwrap().len(),
+            2,
+            "the rotated file still has an uncommitted line"
+        );
         journal.committed(&[first]);
         assert_eq!(existing(&journal.stem).unwrap().len(), 1);
     }

@@ -370,9 +370,15 @@ impl Store for SqliteStore {
 async fn mark_lines_sent(conn: &mut sqlx::SqliteConnection, lines: &[journal::Line]) -> Result<(), StoreError> {
     let now = now();
     for chunk in lines.chunks(300) {
-        let mut update = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE notification_log SET status = 'sent', message_id = CASE id");
+        let mut update = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "UPDATE notification_log SET status = 'sent', message_id = CASE id",
+        );
         for line in chunk {
-            update.push(" WHEN ").push_bind(line.log_id).push(" THEN ").push_bind(line.message_id.as_deref());
+            update
+                .push(" WHEN ")
+                .push_bind(line.log_id)
+                .push(" THEN ")
+                .push_bind(line.message_id.as_deref());
         }
         update
             .push(" END, error = NULL, attempts = attempts + 1, owner = NULL, claim_until = NULL, updated_at = ")
