@@ -232,7 +232,7 @@ if ((BACKLOG > 0)); then
   start_worker "sqlite://$WORK/backlog.db" "$BQ"
   T0=$SECONDS
   # Bounded: on a slow run this reports how much of the backlog it got through.
-  WAIT_LIMIT=${BACKLOG_LIMIT:-180} wait_settled "$BACKLOG" || true
+  WAIT_LIMIT=${BACKLOG_LIMIT:-240} wait_settled "$BACKLOG" || true
   BACKLOG_DONE=$(counter router_messages_settled_total)
   BACKLOG_SECS=$((SECONDS - T0))
   BACKLOG_RSS=$(awk -v k="$(hwm_kib "$WORKER")" 'BEGIN {printf "%.1f", k / 1024}')
