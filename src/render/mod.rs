@@ -7,7 +7,8 @@
 //! (also inside `#if`/`#each`, where handlebars' strict mode does not look),
 //! and a strict render of every template against the example events in every
 //! locale. A set with any error is rejected whole, so a broken template never
-//! reaches an inbox; [`LiveTemplates`] keeps the previous good set serving.
+//! reaches an inbox, and a reload that fails leaves the previous good set
+//! serving (`App::reload`).
 //!
 //! How the worker uses it:
 //!
@@ -43,7 +44,6 @@ pub mod source;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
 
 use handlebars::Handlebars;
 use serde::Serialize;
@@ -231,32 +231,6 @@ impl Templates {
         leads: &[Event],
     ) -> Result<RenderedEmail, RenderError> {
         session::render_digest(self, template, recipient, leads)
-    }
-}
-
-/// The template set the worker serves with; a reload that fails leaves the
-/// previous good set in place.
-pub struct LiveTemplates {
-    current: RwLock<Arc<Templates>>,
-}
-
-impl LiveTemplates {
-    pub fn new(templates: Templates) -> Self {
-        Self {
-            current: RwLock::new(Arc::new(templates)),
-        }
-    }
-
-    /// The set to render with now.
-    pub fn current(&self) -> Arc<Templates> {
-        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Loads and checks `dir`; only a set that passes replaces the serving one.
-    pub fn reload(&self, dir: &Path, rules: &RuleSet, options: RenderOptions) -> Result<(), TemplateErrors> {
-        let fresh = Templates::load(dir, rules, options)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
-        Ok(())
     }
 }
 

@@ -1,5 +1,6 @@
-//! Operating the worker: SIGHUP reloads rules (a broken set is rejected and the
-//! old one keeps serving), and with no SMTP host mail lands as `.eml` files.
+//! Operating the worker: SIGHUP reloads rules and templates (a broken set is
+//! rejected and the old one keeps serving), and with no SMTP host mail lands
+//! as `.eml` files.
 
 use std::time::{Duration, Instant};
 
@@ -7,6 +8,7 @@ use crate::support::{self, Backend, example, on_both_backends};
 
 on_both_backends!(
     sighup_reloads_rules_and_rejects_a_broken_set,
+    sighup_reloads_templates_and_rejects_a_broken_one,
     without_an_smtp_host_mail_is_written_as_eml_files,
 );
 
@@ -60,6 +62,66 @@ async fn sighup_reloads_rules_and_rejects_a_broken_set(backend: Backend) {
     worker.signal("HUP");
     wait_log(&worker, "rules reloaded").await;
     assert_ne!(rules_hash(&worker).await, first);
+    broker.cleanup().await;
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+async fn sighup_reloads_templates_and_rejects_a_broken_one(backend: Backend) {
+    let _gate = support::shared().await;
+    let templates = tempfile::tempdir().unwrap();
+    copy_dir(&support::root().join("templates"), templates.path());
+    let dir = templates.path().display().to_string();
+    let (broker, smtp, worker) = support::start("treload", backend, &[("ROUTER__TEMPLATES__DIR", &dir)]).await;
+    let subject_of = |n: usize| {
+        let got = smtp.messages();
+        got[n].parsed().subject().unwrap_or_default().to_string()
+    };
+    broker.publish(&example("lead.declined.json")).await;
+    smtp.wait_for(1, Duration::from_secs(20)).await;
+    let before = subject_of(0);
+
+    // A misspelt field in a subject: the whole set is rejected, the old one keeps rendering.
+    let notification = templates.path().join("lead-customer-redirected");
+    let subjects: Vec<_> = ["en-US", "de-DE"]
+        .map(|l| notification.join(l).join("subject.hbs"))
+        .into();
+    let good: Vec<String> = subjects.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    std::fs::write(&subjects[0], "Declined: {{data.lead.custmer.name}}\n").unwrap();
+    worker.signal("HUP");
+    wait_log(&worker, "reload rejected").await;
+    assert!(
+        worker.logs().contains("lead-customer-redirected/en-US/subject.hbs:1"),
+        "{}",
+        worker.logs()
+    );
+    let mut republished: serde_json::Value = serde_json::from_slice(&example("lead.declined.json")).unwrap();
+    republished["id"] = "lead-declined-again".into();
+    broker.publish(&serde_json::to_vec(&republished).unwrap()).await;
+    smtp.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(subject_of(1), before, "the previous templates still serve");
+
+    // Mended with new wording: served from the next event on.
+    for (path, text) in subjects.iter().zip(&good) {
+        std::fs::write(path, format!("Update: {text}")).unwrap();
+    }
+    worker.signal("HUP");
+    wait_log(&worker, "rules reloaded").await;
+    republished["id"] = "lead-declined-third".into();
+    broker.publish(&serde_json::to_vec(&republished).unwrap()).await;
+    smtp.wait_for(3, Duration::from_secs(20)).await;
+    assert!(subject_of(2).starts_with("Update: "), "{}", subject_of(2));
     broker.cleanup().await;
 }
 
