@@ -8,6 +8,9 @@
 //!
 //! Files are numbered; the current one is rotated once it is large, and an
 //! older one is deleted once every line in it has been committed to the database.
+//! A process holds an exclusive lock on the file it writes, so another one
+//! opening the same database (a second worker by mistake, or `log`) applies
+//! and deletes only the files of processes that are gone.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -33,6 +36,8 @@ pub struct Journal {
     /// `<database>.sent`: files are `<database>.sent.<n>`.
     stem: PathBuf,
     current: Mutex<Current>,
+    /// Files of processes that are gone, read at open and locked until applied.
+    orphans: Mutex<Vec<(PathBuf, File)>>,
 }
 
 struct Current {
@@ -48,21 +53,19 @@ impl Journal {
     /// over from before (to apply, then [`Journal::applied`]).
     pub fn open(db: &Path) -> Result<(Self, Vec<Line>), StoreError> {
         let stem = PathBuf::from(format!("{}.sent", db.display()));
-        let io = |what: &str, path: &Path, e: std::io::Error| StoreError(format!("{what} {}: {e}", path.display()));
         let mut leftover = Vec::new();
-        let mut newest = 0;
+        let mut orphans = Vec::new();
         for (number, path) in existing(&stem)? {
-            newest = newest.max(number);
-            let text = std::fs::read(&path).map_err(|e| io("reading", &path, e))?;
+            // Locked: a live process writes it. Gone meanwhile: someone else applied it.
+            let Ok(file) = File::open(&path) else { continue };
+            if file.try_lock().is_err() {
+                continue;
+            }
+            let text = std::fs::read(&path).map_err(|e| StoreError(format!("reading {}: {e}", path.display())))?;
             leftover.extend(parse(&String::from_utf8_lossy(&text), number));
+            orphans.push((path, file));
         }
-        let number = newest + 1;
-        let path = file_path(&stem, number);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io("creating", &path, e))?;
+        let (file, number) = create_next(&stem)?;
         let journal = Self {
             stem,
             current: Mutex::new(Current {
@@ -71,17 +74,16 @@ impl Journal {
                 size: 0,
                 uncommitted: BTreeMap::new(),
             }),
+            orphans: Mutex::new(orphans),
         };
         Ok((journal, leftover))
     }
 
     /// The leftover lines are in the database now: their files can go.
     pub fn applied(&self) -> Result<(), StoreError> {
-        let current = self.lock().number;
-        for (number, path) in existing(&self.stem)? {
-            if number < current {
-                std::fs::remove_file(&path).map_err(|e| StoreError(format!("removing {}: {e}", path.display())))?;
-            }
+        let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
+        for (path, _locked) in orphans {
+            std::fs::remove_file(&path).map_err(|e| StoreError(format!("removing {}: {e}", path.display())))?;
         }
         Ok(())
     }
@@ -132,13 +134,8 @@ impl Journal {
     }
 
     fn rotate(&self, current: &mut Current) -> Result<(), StoreError> {
-        let number = current.number + 1;
-        let path = file_path(&self.stem, number);
-        current.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| StoreError(format!("creating {}: {e}", path.display())))?;
+        let (file, number) = create_next(&self.stem)?;
+        current.file = file;
         let old = std::mem::replace(&mut current.number, number);
         current.size = 0;
         if current.uncommitted.get(&old).is_none_or(|&left| left == 0) {
@@ -150,6 +147,23 @@ impl Journal {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
         self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Creates and locks the next numbered file (past any another process made meanwhile).
+fn create_next(stem: &Path) -> Result<(File, u64), StoreError> {
+    let mut number = existing(stem)?.last().map_or(1, |(n, _)| n + 1);
+    loop {
+        let path = file_path(stem, number);
+        match OpenOptions::new().create_new(true).append(true).open(&path) {
+            Ok(file) => {
+                file.try_lock()
+                    .map_err(|e| StoreError(format!("locking {}: {e}", path.display())))?;
+                return Ok((file, number));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => number += 1,
+            Err(e) => return Err(StoreError(format!("creating {}: {e}", path.display()))),
+        }
     }
 }
 
@@ -217,6 +231,21 @@ mod tests {
         drop(journal);
         let (_, leftover) = Journal::open(&db).unwrap();
         assert!(leftover.is_empty(), "applied lines are not applied again");
+    }
+
+    #[test]
+    fn a_second_process_leaves_a_live_journal_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("router.db");
+        let (live, _) = Journal::open(&db).unwrap();
+        live.write(1, Some("<a@x>")).unwrap();
+        let (other, leftover) = Journal::open(&db).unwrap();
+        assert!(leftover.is_empty(), "the live worker's lines are not taken");
+        other.applied().unwrap();
+        assert_eq!(existing(&live.stem).unwrap().len(), 2, "both journals are there");
+        drop(live); // its process is gone: its lines go to the next opener
+        let (_, leftover) = Journal::open(&db).unwrap();
+        assert_eq!(leftover.len(), 1);
     }
 
     #[test]
