@@ -103,7 +103,8 @@ pub struct Smtp {
     #[serde(with = "duration")]
     pub timeout: Duration,
     pub pool_max_size: u32,
-    /// SMTP transactions one worker keeps waiting for the server's reply at once.
+    /// Messages one worker has sent the content of and not yet recorded as sent
+    /// (the staged envelopes before that are bounded by `pool_max_size`).
     pub max_in_flight: usize,
     #[serde(with = "duration")]
     pub pool_idle_timeout: Duration,

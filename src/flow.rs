@@ -142,7 +142,7 @@ async fn dispatch_all(
             }
             renewed = Instant::now();
         }
-        dispatch(app, active, event, &mut session, item).await?;
+        dispatch(app, active, event, &mut session, item, &mut renewed).await?;
     }
     if !app.store.complete(event.id.as_str()).await? {
         // Another worker still sends some of it: come back and see it done.
@@ -179,6 +179,7 @@ async fn dispatch(
     event: &Event,
     session: &mut Session<'_>,
     item: OutboxItem,
+    renewed: &mut Instant,
 ) -> Result<(), ProcessError> {
     let d = &item.delivery;
     let channel = d.channel.to_string();
@@ -217,6 +218,15 @@ async fn dispatch(
             let sent = match app.mailer.stage(message).await {
                 Ok(staged) => {
                     let turn = app.mailer.turn().await.map_err(|e| ProcessError::Mail(e.to_string()))?;
+                    // Staging and the wait for a turn can be long: the claim must still be ours to send.
+                    if renewed.elapsed() > app.settings.store.lease / 3 {
+                        if !app.store.claim_delivery(item.log_id).await? {
+                            info!(notification = %d.notification, recipient = %d.recipient.email,
+                                  "taken over by another worker while waiting to send; not sent here");
+                            return Ok(());
+                        }
+                        *renewed = Instant::now();
+                    }
                     staged.finish().await.map(|()| turn)
                 }
                 Err(e) => Err(e),

@@ -127,8 +127,9 @@ impl Staged<'_> {
     }
 }
 
-/// SMTP connections: at most `smtp.pool_max_size` open, idle ones kept for
-/// `smtp.pool_idle_timeout`. Plain and STARTTLS connections are opened with
+/// SMTP connections: at most `smtp.pool_max_size` open; an idle one older than
+/// `smtp.pool_idle_timeout` (at most 50 s) is closed when the next send looks
+/// for a connection. Plain and STARTTLS connections are opened with
 /// `TCP_NODELAY`: the content and its final dot go out as two writes, and
 /// without it the second waits for the server's delayed acknowledgement.
 pub struct Pool {

@@ -218,7 +218,7 @@ pub trait Store: Send + Sync {
     /// entry is stored and published). Quick, because it is called while
     /// holding a send turn: once it returns, the record survives this process
     /// being killed; it is durable (a power cut) once the event's `complete`
-    /// or `release` returns.
+    /// returns true (or its `release` returns): those commit in full, after it.
     async fn mark_sent(&self, event_id: &str, log_id: i64, message_id: Option<&str>) -> Result<(), StoreError>;
 
     /// A delivery will never go out; the error explains why.

@@ -19,6 +19,7 @@ on_both_backends!(
     counters_are_atomic_across_workers,
     a_leased_event_is_busy_for_others_until_done_or_expired,
     a_send_recorded_just_before_a_crash_is_not_sent_again,
+    a_retried_event_does_not_claim_what_it_already_sent,
     directory_changes_converge_in_any_order,
     a_digest_claim_is_exclusive_until_its_lease_ends_and_then_the_same_digest,
     leads_held_after_a_claim_wait_for_the_next_digest,
@@ -193,6 +194,34 @@ async fn a_send_recorded_just_before_a_crash_is_not_sent_again(backend: Backend)
     let sent: Vec<_> = log.iter().filter(|e| e.status == store::LogStatus::Sent).collect();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].message_id.as_deref(), Some("<first@partner-center.example>"));
+}
+
+async fn a_retried_event_does_not_claim_what_it_already_sent(backend: Backend) {
+    let fx = Fixture::load();
+    let db = TestStore::new(backend).await;
+    let store = open(&db, LEASE).await;
+    let event = fx.event("lead.created.contact_me.json", "lead-retried");
+    let Admission::Pending { fresh: true, items } = fx.admit(&*store, &event).await else {
+        panic!("fresh");
+    };
+    store
+        .mark_sent(
+            event.id.as_str(),
+            items[0].log_id,
+            Some("<first@partner-center.example>"),
+        )
+        .await
+        .unwrap();
+    // The attempt failed before `complete`: the same worker admits the event again.
+    let Admission::Pending {
+        fresh: false,
+        items: left,
+    } = fx.admit(&*store, &event).await
+    else {
+        panic!("resumed");
+    };
+    let ids = |items: &[store::OutboxItem]| items.iter().map(|i| i.log_id).collect::<Vec<_>>();
+    assert_eq!(ids(&left), ids(&items[1..]), "what went out is not claimed again");
 }
 
 fn directory_event(id: &str, time: &str, data: serde_json::Value, kind: &str) -> Event {

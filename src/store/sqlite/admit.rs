@@ -16,6 +16,7 @@ pub async fn admit(
     event: &Event,
     counters: &[DigestKey],
     plan: Planner<'_>,
+    sent: &[super::journal::Line],
 ) -> Result<Admission, StoreError> {
     let id = event.id.as_str();
     let now = now();
@@ -35,6 +36,7 @@ pub async fn admit(
     .rows_affected()
         == 1;
     if !inserted {
+        super::mark_lines_sent(tx.conn(), sent).await?;
         let row = sqlx::query("SELECT completed_at, owner, lease_until FROM events WHERE event_id = ?")
             .bind(id)
             .fetch_one(tx.conn())

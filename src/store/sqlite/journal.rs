@@ -46,6 +46,8 @@ struct Current {
     size: u64,
     /// Lines not yet committed to the database, per file.
     uncommitted: BTreeMap<u64, usize>,
+    /// Rotated files with uncommitted lines, kept open so they stay locked.
+    rotated: BTreeMap<u64, File>,
 }
 
 impl Journal {
@@ -73,6 +75,7 @@ impl Journal {
                 number,
                 size: 0,
                 uncommitted: BTreeMap::new(),
+                rotated: BTreeMap::new(),
             }),
             orphans: Mutex::new(orphans),
         };
@@ -83,7 +86,11 @@ impl Journal {
     pub fn applied(&self) -> Result<(), StoreError> {
         let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
         for (path, _locked) in orphans {
-            std::fs::remove_file(&path).map_err(|e| StoreError(format!("removing {}: {e}", path.display())))?;
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError(format!("removing {}: {e}", path.display()))),
+            }
         }
         Ok(())
     }
@@ -97,10 +104,12 @@ impl Journal {
         if current.size >= ROTATE_AT {
             self.rotate(&mut current)?;
         }
-        current
-            .file
-            .write_all(text.as_bytes())
-            .map_err(|e| StoreError(format!("writing the sent journal: {e}")))?;
+        if let Err(e) = current.file.write_all(text.as_bytes()) {
+            // A part-written line would run into the next one: cut it off.
+            let size = current.size;
+            let _ = current.file.set_len(size);
+            return Err(StoreError(format!("writing the sent journal: {e}")));
+        }
         current.size += text.len() as u64;
         let number = current.number;
         *current.uncommitted.entry(number).or_default() += 1;
@@ -128,6 +137,7 @@ impl Journal {
             .collect();
         for n in done {
             current.uncommitted.remove(&n);
+            current.rotated.remove(&n);
             // Left behind if this fails: applying it again at the next open changes nothing.
             let _ = std::fs::remove_file(file_path(&self.stem, n));
         }
@@ -135,12 +145,14 @@ impl Journal {
 
     fn rotate(&self, current: &mut Current) -> Result<(), StoreError> {
         let (file, number) = create_next(&self.stem)?;
-        current.file = file;
+        let old_file = std::mem::replace(&mut current.file, file);
         let old = std::mem::replace(&mut current.number, number);
         current.size = 0;
         if current.uncommitted.get(&old).is_none_or(|&left| left == 0) {
             current.uncommitted.remove(&old);
             let _ = std::fs::remove_file(file_path(&self.stem, old));
+        } else {
+            current.rotated.insert(old, old_file);
         }
         Ok(())
     }
@@ -156,11 +168,14 @@ fn create_next(stem: &Path) -> Result<(File, u64), StoreError> {
     loop {
         let path = file_path(stem, number);
         match OpenOptions::new().create_new(true).append(true).open(&path) {
-            Ok(file) => {
-                file.try_lock()
-                    .map_err(|e| StoreError(format!("locking {}: {e}", path.display())))?;
-                return Ok((file, number));
-            }
+            // Locked first by another opener (who took it for a dead one's): take the next.
+            Ok(file) => match file.try_lock() {
+                Ok(()) => return Ok((file, number)),
+                Err(std::fs::TryLockError::WouldBlock) => number += 1,
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(StoreError(format!("locking {}: {e}", path.display())));
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => number += 1,
             Err(e) => return Err(StoreError(format!("creating {}: {e}", path.display()))),
         }

@@ -192,7 +192,12 @@ impl Store for SqliteStore {
     }
 
     async fn admit(&self, event: &Event, counters: &[DigestKey], plan: Planner<'_>) -> Result<Admission, StoreError> {
-        admit::admit(self, event, counters, plan).await
+        // Sends written down for this event and not yet committed go in first,
+        // so a retried event never claims what already went out.
+        let lines = self.take_lines(event.id.as_str());
+        let result = admit::admit(self, event, counters, plan, &lines).await;
+        self.settle_lines(event.id.as_str(), lines, result.is_ok());
+        result
     }
 
     async fn claim_delivery(&self, log_id: i64) -> Result<bool, StoreError> {
