@@ -8,7 +8,8 @@
 //!
 //! Files are numbered; the current one is rotated once it is large, and an
 //! older one is deleted once every line in it has been committed to the database.
-//! A process holds an exclusive lock on the file it writes, so another one
+//! A process holds an exclusive lock on the file it writes (and on a rotated
+//! one until its lines are committed), so another one
 //! opening the same database (a second worker by mistake, or `log`) applies
 //! and deletes only the files of processes that are gone.
 
