@@ -110,7 +110,15 @@ impl Store for PgStore {
     }
 
     async fn claim_delivery(&self, log_id: i64) -> Result<bool, StoreError> {
-        // One statement: claim the delivery and, if that worked, renew the event's lease.
+        let mut tx = self.pool.begin().await?;
+        // The event's row first, as admission takes it, so the two never wait on each other in a cycle.
+        sqlx::query(
+            "SELECT 1 FROM events WHERE event_id = (SELECT event_id FROM notification_log WHERE id = $1) FOR UPDATE",
+        )
+        .bind(log_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        // Then claim the delivery and, if that worked, renew the event's lease.
         let claimed: i64 = sqlx::query_scalar(
             "WITH c AS (
                UPDATE notification_log SET owner = $1, claim_until = now() + make_interval(secs => $2)
@@ -125,23 +133,29 @@ impl Store for PgStore {
         .bind(&self.owner)
         .bind(self.lease_secs)
         .bind(log_id)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(claimed == 1)
     }
 
     async fn release(&self, event_id: &str) -> Result<(), StoreError> {
+        // The event's row first, then its deliveries: the order admission locks them in.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE events SET owner = NULL, lease_until = NULL WHERE event_id = $1 AND owner = $2")
+            .bind(event_id)
+            .bind(&self.owner)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
-            "WITH d AS (
-               UPDATE notification_log SET owner = NULL, claim_until = NULL
-               WHERE event_id = $1 AND owner = $2 AND status = 'pending'
-             )
-             UPDATE events SET owner = NULL, lease_until = NULL WHERE event_id = $1 AND owner = $2",
+            "UPDATE notification_log SET owner = NULL, claim_until = NULL
+             WHERE event_id = $1 AND owner = $2 AND status = 'pending'",
         )
         .bind(event_id)
         .bind(&self.owner)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
