@@ -5,6 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "worker/support/fs.rs"]
+mod fs;
+use fs::copy_dir;
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn router(args: &[&str]) -> Output {
@@ -29,19 +33,6 @@ fn rules_copy() -> (tempfile::TempDir, PathBuf) {
     let dest = tmp.path().join("rules");
     copy_dir(&Path::new(ROOT).join("rules"), &dest);
     (tmp, dest)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
 }
 
 fn edit(path: &Path, from: &str, to: &str) {

@@ -65,23 +65,10 @@ async fn sighup_reloads_rules_and_rejects_a_broken_set(backend: Backend) {
     broker.cleanup().await;
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
-}
-
 async fn sighup_reloads_templates_and_rejects_a_broken_one(backend: Backend) {
     let _gate = support::shared().await;
     let templates = tempfile::tempdir().unwrap();
-    copy_dir(&support::root().join("templates"), templates.path());
+    support::fs::copy_dir(&support::root().join("templates"), templates.path());
     let dir = templates.path().display().to_string();
     let (broker, smtp, worker) = support::start("treload", backend, &[("ROUTER__TEMPLATES__DIR", &dir)]).await;
     let subject_of = |n: usize| {

@@ -160,16 +160,14 @@ async fn a_leased_event_is_busy_for_others_until_done_or_expired(backend: Backen
     ));
 }
 
-async fn a_send_recorded_just_before_a_crash_is_not_sent_again(backend: Backend) {
-    let fx = Fixture::load();
-    let db = TestStore::new(backend).await;
-    let event = fx.event("lead.created.contact_me.json", "lead-crash");
-    let dying = open(&db, Duration::from_millis(300)).await;
-    let Admission::Pending { fresh: true, items } = fx.admit(&*dying, &event).await else {
+/// Admits a Contact-me lead fresh on `store` and records its first delivery as sent.
+async fn admit_and_send_the_first(fx: &Fixture, store: &dyn Store, id: &str) -> (Event, Vec<store::OutboxItem>) {
+    let event = fx.event("lead.created.contact_me.json", id);
+    let Admission::Pending { fresh: true, items } = fx.admit(store, &event).await else {
         panic!("fresh");
     };
     assert!(items.len() >= 2, "the fixture plans several deliveries");
-    dying
+    store
         .mark_sent(
             event.id.as_str(),
             items[0].log_id,
@@ -177,19 +175,35 @@ async fn a_send_recorded_just_before_a_crash_is_not_sent_again(backend: Backend)
         )
         .await
         .unwrap();
+    (event, items)
+}
+
+/// What a worker admitting `event` again (not fresh) is left to send.
+async fn left_to_send(fx: &Fixture, store: &dyn Store, event: &Event) -> Vec<i64> {
+    let Admission::Pending { fresh: false, items } = fx.admit(store, event).await else {
+        panic!("admitted again, not fresh");
+    };
+    items.iter().map(|i| i.log_id).collect()
+}
+
+fn log_ids(items: &[store::OutboxItem]) -> Vec<i64> {
+    items.iter().map(|i| i.log_id).collect()
+}
+
+async fn a_send_recorded_just_before_a_crash_is_not_sent_again(backend: Backend) {
+    let fx = Fixture::load();
+    let db = TestStore::new(backend).await;
+    let dying = open(&db, Duration::from_millis(300)).await;
+    let (event, items) = admit_and_send_the_first(&fx, &*dying, "lead-crash").await;
     // Killed right after the record: no complete, no release.
     drop(dying);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let next = open(&db, LEASE).await;
-    let Admission::Pending {
-        fresh: false,
-        items: left,
-    } = fx.admit(&*next, &event).await
-    else {
-        panic!("taken over once the lease ran out");
-    };
-    let ids = |items: &[store::OutboxItem]| items.iter().map(|i| i.log_id).collect::<Vec<_>>();
-    assert_eq!(ids(&left), ids(&items[1..]), "only what was not sent is left to send");
+    assert_eq!(
+        left_to_send(&fx, &*next, &event).await,
+        log_ids(&items[1..]),
+        "only what was not sent is left to send"
+    );
     let log = next.log_for_event(event.id.as_str()).await.unwrap();
     let sent: Vec<_> = log.iter().filter(|e| e.status == store::LogStatus::Sent).collect();
     assert_eq!(sent.len(), 1);
@@ -200,28 +214,13 @@ async fn a_retried_event_does_not_claim_what_it_already_sent(backend: Backend) {
     let fx = Fixture::load();
     let db = TestStore::new(backend).await;
     let store = open(&db, LEASE).await;
-    let event = fx.event("lead.created.contact_me.json", "lead-retried");
-    let Admission::Pending { fresh: true, items } = fx.admit(&*store, &event).await else {
-        panic!("fresh");
-    };
-    store
-        .mark_sent(
-            event.id.as_str(),
-            items[0].log_id,
-            Some("<first@partner-center.example>"),
-        )
-        .await
-        .unwrap();
+    let (event, items) = admit_and_send_the_first(&fx, &*store, "lead-retried").await;
     // The attempt failed before `complete`: the same worker admits the event again.
-    let Admission::Pending {
-        fresh: false,
-        items: left,
-    } = fx.admit(&*store, &event).await
-    else {
-        panic!("resumed");
-    };
-    let ids = |items: &[store::OutboxItem]| items.iter().map(|i| i.log_id).collect::<Vec<_>>();
-    assert_eq!(ids(&left), ids(&items[1..]), "what went out is not claimed again");
+    assert_eq!(
+        left_to_send(&fx, &*store, &event).await,
+        log_ids(&items[1..]),
+        "what went out is not claimed again"
+    );
 }
 
 fn directory_event(id: &str, time: &str, data: serde_json::Value, kind: &str) -> Event {

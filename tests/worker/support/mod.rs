@@ -3,6 +3,7 @@
 //! a real AMQP client to publish.
 
 pub mod broker;
+pub mod fs;
 pub mod smtp;
 pub mod store;
 
