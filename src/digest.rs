@@ -186,6 +186,26 @@ impl Flusher<'_> {
     }
 }
 
+/// Flushes the held groups in `scope` with the worker's current rules,
+/// templates and directory, claiming as `worker`.
+pub async fn flush_for(app: &crate::app::App, worker: &str, scope: Scope) -> Result<FlushReport, StoreError> {
+    let active = app.active();
+    let dir = app.directory().clone();
+    let flusher = Flusher {
+        store: &*app.store,
+        rules: &active.rules,
+        templates: &active.templates,
+        directory: &dir,
+        mailer: &app.mailer,
+        mail: &app.settings.mail,
+        sender: &app.sender,
+        clock: &SystemClock,
+        worker,
+        lease: app.settings.digest.lease,
+    };
+    flusher.flush(scope).await
+}
+
 /// Runs due flushes every `every` until `shutdown`.
 pub async fn run_periodically(app: Arc<crate::app::App>, every: Duration) {
     let worker = format!("{}-{}", hostname(), std::process::id());
@@ -196,23 +216,7 @@ pub async fn run_periodically(app: Arc<crate::app::App>, every: Duration) {
             () = app.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let active = app.active();
-        let report = {
-            let dir = app.directory().clone();
-            let flusher = Flusher {
-                store: &*app.store,
-                rules: &active.rules,
-                templates: &active.templates,
-                directory: &dir,
-                mailer: &app.mailer,
-                mail: &app.settings.mail,
-                sender: &app.sender,
-                clock: &SystemClock,
-                worker: &worker,
-                lease: app.settings.digest.lease,
-            };
-            flusher.flush(Scope::Due).await
-        };
+        let report = flush_for(&app, &worker, Scope::Due).await;
         match report {
             Ok(r) if r.digests_sent > 0 || r.failed > 0 => {
                 app.metrics

@@ -4,28 +4,14 @@
 use std::fmt::Write;
 
 use crate::app::App;
-use crate::digest::{Flusher, Scope, SystemClock, hostname};
+use crate::digest::{Scope, flush_for, hostname};
 use crate::route::RuleSet;
 use crate::store::LogEntry;
 
 /// Flushes every held digest now (due or not) and says what it did.
 pub async fn digest_flush(app: &App) -> Result<String, String> {
-    let active = app.active();
-    let dir = app.directory().clone();
     let worker = format!("flush-{}-{}", hostname(), std::process::id());
-    let flusher = Flusher {
-        store: &*app.store,
-        rules: &active.rules,
-        templates: &active.templates,
-        directory: &dir,
-        mailer: &app.mailer,
-        mail: &app.settings.mail,
-        sender: &app.sender,
-        clock: &SystemClock,
-        worker: &worker,
-        lease: app.settings.digest.lease,
-    };
-    let r = flusher.flush(Scope::All).await.map_err(|e| e.to_string())?;
+    let r = flush_for(app, &worker, Scope::All).await.map_err(|e| e.to_string())?;
     let mut out = format!("digests sent: {}, leads digested: {}", r.digests_sent, r.leads_digested);
     if r.busy > 0 {
         let _ = write!(out, ", being flushed elsewhere: {}", r.busy);
