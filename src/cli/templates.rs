@@ -11,7 +11,7 @@ use crate::directory::Directory;
 use crate::event::{EmailAddress, Event};
 use crate::render::{self, Rendered, Sender, Templates};
 use crate::route::rules::Channel;
-use crate::route::{Decision, Delivery, MemoryState, Recipient, RuleSet, route};
+use crate::route::{Delivery, MemoryState, Recipient, RuleSet, route};
 
 /// The portal base URL previews and checks link to.
 pub const PREVIEW_PORTAL: &str = "https://partner.example";
@@ -174,26 +174,21 @@ fn deliveries(rules: &RuleSet, dir: &Directory, event: &Event, name: &str, local
                 .next()
                 .unwrap_or_else(|| vec![Channel::Email])
         };
+        let recipient = Recipient {
+            email: EmailAddress::parse("preview@partner.example").expect("a valid address"),
+            name: "Preview Recipient".into(),
+            user_id: None,
+            partner_id: None,
+            locale: None,
+            time_zone: None,
+        };
         for channel in channels {
-            out.push(Delivery {
-                notification: name.into(),
-                template: name.into(),
+            out.push(Delivery::stand_in(
+                name,
                 channel,
-                recipient: Recipient {
-                    email: EmailAddress::parse("preview@partner.example").expect("a valid address"),
-                    name: "Preview Recipient".into(),
-                    user_id: None,
-                    partner_id: None,
-                    locale: None,
-                    time_zone: None,
-                },
-                decision: Decision::Send,
-                rules: Vec::new(),
-                receiver: receiver
-                    .filter(|_| fan_out)
-                    .map(|r| serde_json::to_value(r).unwrap_or_default()),
-                digest: None,
-            });
+                recipient.clone(),
+                receiver.filter(|_| fan_out),
+            ));
         }
     }
     if let Some(locale) = locale {

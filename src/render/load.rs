@@ -14,7 +14,7 @@ use super::{DEFAULT_LOCALE, Entry, Registries, RenderOptions, Templates};
 use super::{helpers, inline};
 use crate::event::Event;
 use crate::route::rules::{Action, Channel};
-use crate::route::{Decision, Delivery, Recipient, RuleSet};
+use crate::route::{Delivery, Recipient, RuleSet};
 
 /// How each template is used by the rules.
 struct Uses {
@@ -344,18 +344,8 @@ fn render_examples(
                         .find(|r| r.partner_id.is_some())
                         .or(event.receivers().first());
                     for channel in channels {
-                        let delivery = Delivery {
-                            notification: name.clone(),
-                            template: name.clone(),
-                            channel,
-                            recipient: recipient.clone(),
-                            decision: Decision::Send,
-                            rules: Vec::new(),
-                            receiver: receiver
-                                .filter(|_| fan_out)
-                                .map(|r| serde_json::to_value(r).unwrap_or_default()),
-                            digest: None,
-                        };
+                        let delivery =
+                            Delivery::stand_in(name, channel, recipient.clone(), receiver.filter(|_| fan_out));
                         if let Err(e) = templates.render(event, &delivery) {
                             errors.push(fail(e));
                         }

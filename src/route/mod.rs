@@ -55,6 +55,28 @@ pub struct Delivery {
     pub digest: Option<DigestKey>,
 }
 
+impl Delivery {
+    /// A delivery of `template` that no rule planned: for rendering examples
+    /// and previews. `receiver` is the party a fan-out template is about.
+    pub fn stand_in(
+        template: &str,
+        channel: Channel,
+        recipient: Recipient,
+        receiver: Option<&crate::event::Party>,
+    ) -> Self {
+        Self {
+            notification: template.to_owned(),
+            template: template.to_owned(),
+            channel,
+            recipient,
+            decision: Decision::Send,
+            rules: Vec::new(),
+            receiver: receiver.map(|r| serde_json::to_value(r).unwrap_or_default()),
+            digest: None,
+        }
+    }
+}
+
 /// A state change a `record` rule asks for, applied by whoever owns the state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StateChange {
