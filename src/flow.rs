@@ -133,14 +133,8 @@ async fn dispatch_all(
     let mut session = active.templates.session(event);
     let mut renewed = Instant::now();
     for item in items {
-        // A long event renews its claims as it goes, and stops if it lost one (its lease ran out meanwhile).
-        if renewed.elapsed() > app.settings.store.lease / 3 {
-            if !app.store.claim_delivery(item.log_id).await? {
-                info!(notification = %item.delivery.notification, recipient = %item.delivery.recipient.email,
-                      "sent or being sent by another worker");
-                continue;
-            }
-            renewed = Instant::now();
+        if !still_ours(app, &item, &mut renewed).await? {
+            continue;
         }
         dispatch(app, active, event, &mut session, item, &mut renewed).await?;
     }
@@ -149,6 +143,22 @@ async fn dispatch_all(
         return Err(ProcessError::Busy(Duration::from_millis(500)));
     }
     Ok(())
+}
+
+/// Whether this worker may still send `item`. A long event renews its claims
+/// as it goes (once more than a third of the lease has passed since the last
+/// renewal), and gives up a delivery whose claim another worker took over.
+async fn still_ours(app: &App, item: &OutboxItem, renewed: &mut Instant) -> Result<bool, ProcessError> {
+    if renewed.elapsed() <= app.settings.store.lease / 3 {
+        return Ok(true);
+    }
+    if !app.store.claim_delivery(item.log_id).await? {
+        info!(notification = %item.delivery.notification, recipient = %item.delivery.recipient.email,
+              "sent or being sent by another worker");
+        return Ok(false);
+    }
+    *renewed = Instant::now();
+    Ok(true)
 }
 
 fn log_plan(app: &App, plan: &Plan) {
@@ -219,13 +229,8 @@ async fn dispatch(
                 Ok(staged) => {
                     let turn = app.mailer.turn().await.map_err(|e| ProcessError::Mail(e.to_string()))?;
                     // Staging and the wait for a turn can be long: the claim must still be ours to send.
-                    if renewed.elapsed() > app.settings.store.lease / 3 {
-                        if !app.store.claim_delivery(item.log_id).await? {
-                            info!(notification = %d.notification, recipient = %d.recipient.email,
-                                  "taken over by another worker while waiting to send; not sent here");
-                            return Ok(());
-                        }
-                        *renewed = Instant::now();
+                    if !still_ours(app, &item, renewed).await? {
+                        return Ok(());
                     }
                     staged.finish().await.map(|()| turn)
                 }
