@@ -374,7 +374,7 @@ impl Store for SqliteStore {
 /// changes nothing), in one statement per few hundred lines.
 async fn mark_lines_sent(conn: &mut sqlx::SqliteConnection, lines: &[journal::Line]) -> Result<(), StoreError> {
     let now = now();
-    for chunk in lines.chunks(300) {
+    for chunk in lines.chunks(record::ROWS_PER_STATEMENT) {
         let mut update = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "UPDATE notification_log SET status = 'sent', message_id = CASE id",
         );
