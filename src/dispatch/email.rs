@@ -175,16 +175,16 @@ impl Pool {
             .acquire()
             .await
             .map_err(|e| SendError::Transient(e.to_string()))?;
-        let envelope = message.envelope().clone();
+        let envelope = message.envelope();
         let content = message.formatted();
         let connection = match self.take_idle() {
             // A pooled connection the server has since closed fails at once: try a new one.
-            Some(mut pooled) => match self.envelope(&mut pooled, &envelope, &content).await {
+            Some(mut pooled) => match self.envelope(&mut pooled, envelope, &content).await {
                 Ok(()) => pooled,
-                Err(SendError::Transient(_)) => self.envelope_on_new(&envelope, &content).await?,
+                Err(SendError::Transient(_)) => self.envelope_on_new(envelope, &content).await?,
                 Err(e) => return Err(e),
             },
-            None => self.envelope_on_new(&envelope, &content).await?,
+            None => self.envelope_on_new(envelope, &content).await?,
         };
         Ok(Staged::Smtp {
             pool: self,
