@@ -469,6 +469,7 @@ fn compile(files: Vec<(PathBuf, RulesFile)>, diags: &mut Vec<Diagnostic>, hash: 
     }
 }
 
+/// Checks one rule and compiles it; `None` when anything about it is wrong.
 fn compile_rule(
     file: &Path,
     spec: RuleSpec,
@@ -481,166 +482,34 @@ fn compile_rule(
     let before = diags.len();
     let on_loc = loc(file, &spec.on.referenced);
     let on = spec.on.value;
-    if on.is_empty() {
-        diags.push(at(
-            &on_loc,
-            format!("rule `{id}` can never fire: `on` lists no event type"),
-        ));
-    }
-    if spec.for_each == Some(FanOut::Receiver) {
-        for ty in on.iter().filter(|t| !model::has_receiver(**t)) {
-            diags.push(at(
-                &on_loc,
-                format!("rule `{id}`: `for_each: receiver` but {ty} has no receiver"),
-            ));
-        }
-    }
-    let check_path = |path: &str, where_: &SourceLoc, what: &str, diags: &mut Vec<Diagnostic>| {
-        for ty in &on {
-            if !model::path_exists(*ty, path) {
-                diags.push(at(
-                    where_,
-                    format!("rule `{id}` can never fire: {what} `{path}` does not exist in {ty} events"),
-                ));
-            }
-        }
+    let mut check = RuleCheck {
+        file,
+        id: &id,
+        on: &on,
+        notifications,
+        selectors,
+        diags,
     };
-    let mut when = Vec::new();
-    for (path, matcher) in spec.when {
-        check_path(&path, &loc(file, &matcher.referenced), "path", diags);
-        when.push(Condition {
-            path,
-            matcher: matcher.value,
-        });
-    }
+    check.trigger(&on_loc, spec.for_each);
+    let when = check.conditions(spec.when);
+    let fields = NotifyFields {
+        template: spec.template,
+        channels: spec.channels,
+        to: spec.to,
+        digest: spec.digest,
+    };
     let actions = [spec.notify.is_some(), spec.suppress.is_some(), spec.record.is_some()];
     let action = match actions {
-        [true, false, false] => {
-            let notify = spec.notify.expect("checked");
-            let notify_loc = loc(file, &notify.referenced);
-            if !notifications.contains_key(&notify.value) {
-                diags.push(at(&notify_loc, format!("unknown notification `{}`", notify.value)));
-            }
-            let template = match spec.template {
-                Some(t) => t.value,
-                None => {
-                    diags.push(at(&notify_loc, format!("rule `{id}` notifies but names no `template`")));
-                    String::new()
-                }
-            };
-            let channels = spec.channels.map(|c| c.value).unwrap_or_default();
-            if channels.is_empty() {
-                diags.push(at(
-                    &notify_loc,
-                    format!("rule `{id}` can never fire: it names no `channels`"),
-                ));
-            }
-            let mut to = Vec::new();
-            match spec.to {
-                Some(list) if !list.value.is_empty() => {
-                    for name in list.value {
-                        let where_ = loc(file, &name.referenced);
-                        match selectors.get(&name.value) {
-                            None => {
-                                let known: Vec<&str> = selectors.keys().map(String::as_str).collect();
-                                diags.push(at(
-                                    &where_,
-                                    format!("unknown selector `{}` (known: {})", name.value, known.join(", ")),
-                                ));
-                            }
-                            Some((sel, _)) => {
-                                for path in sel.paths() {
-                                    check_path(path, &where_, &format!("selector `{}` reads", name.value), diags);
-                                }
-                            }
-                        }
-                        to.push(name.value);
-                    }
-                }
-                _ => diags.push(at(
-                    &notify_loc,
-                    format!("rule `{id}` can never fire: `to` names no recipients"),
-                )),
-            }
-            let digest = spec.digest.map(|d| {
-                let where_ = loc(file, &d.referenced);
-                let policy = d.value;
-                if policy.threshold == 0 {
-                    diags.push(at(&where_, "a digest threshold must be at least 1".into()));
-                }
-                if !notifications.contains_key(&policy.notification) {
-                    diags.push(at(&where_, format!("unknown notification `{}`", policy.notification)));
-                }
-                check_path(&policy.partner, &where_, "digest partner", diags);
-                policy
-            });
-            Action::Notify(NotifyAction {
-                notification: notify.value,
-                template,
-                channels,
-                to,
-                digest,
-            })
-        }
+        [true, false, false] => Action::Notify(check.notify(spec.notify.expect("checked"), fields)),
         [false, true, false] => {
-            let list = spec.suppress.expect("checked");
-            if list.value.is_empty() {
-                diags.push(at(
-                    &loc(file, &list.referenced),
-                    format!("rule `{id}` suppresses nothing: list the notifications"),
-                ));
-            }
-            let mut names = Vec::new();
-            for name in list.value {
-                if !notifications.contains_key(&name.value) {
-                    diags.push(at(
-                        &loc(file, &name.referenced),
-                        format!("unknown notification `{}`", name.value),
-                    ));
-                }
-                names.push(name.value);
-            }
-            forbid_notify_fields(
-                &id,
-                &location,
-                &spec.template,
-                &spec.channels,
-                &spec.to,
-                &spec.digest,
-                diags,
-            );
+            let names = check.suppress(spec.suppress.expect("checked"));
+            forbid_notify_fields(&id, &location, &fields, diags);
             Action::Suppress(names)
         }
         [false, false, true] => {
-            let record = spec.record.expect("checked");
-            let where_ = loc(file, &record.referenced);
-            let spec_r = record.value;
-            if spec_r.receiver_status.is_none() && spec_r.referral_status.is_none() {
-                diags.push(at(&where_, format!("rule `{id}` records nothing")));
-            }
-            for value in [&spec_r.receiver_status, &spec_r.referral_status].into_iter().flatten() {
-                if let StatusValue::From { from } = value {
-                    check_path(from, &where_, "record path", diags);
-                }
-            }
-            if spec_r.receiver_status.is_some() {
-                for ty in on.iter().filter(|t| !model::has_receiver(**t)) {
-                    diags.push(at(
-                        &where_,
-                        format!("rule `{id}` records a receiver status but {ty} has no receiver"),
-                    ));
-                }
-            }
-            forbid_notify_fields(
-                &id,
-                &location,
-                &spec.template,
-                &spec.channels,
-                &spec.to,
-                &spec.digest,
-                diags,
-            );
-            Action::Record(spec_r)
+            let record = check.record(spec.record.expect("checked"));
+            forbid_notify_fields(&id, &location, &fields, diags);
+            Action::Record(record)
         }
         _ => {
             diags.push(at(
@@ -661,20 +530,222 @@ fn compile_rule(
     })
 }
 
-fn forbid_notify_fields(
-    id: &str,
-    location: &SourceLoc,
-    template: &Option<Spanned<String>>,
-    channels: &Option<Spanned<Vec<Channel>>>,
-    to: &Option<Spanned<Vec<Spanned<String>>>>,
-    digest: &Option<Spanned<DigestPolicy>>,
-    diags: &mut Vec<Diagnostic>,
-) {
+/// The fields of a rule that only a `notify` rule may have.
+struct NotifyFields {
+    template: Option<Spanned<String>>,
+    channels: Option<Spanned<Vec<Channel>>>,
+    to: Option<Spanned<Vec<Spanned<String>>>>,
+    digest: Option<Spanned<DigestPolicy>>,
+}
+
+/// One rule being checked: where it is written, the event types it fires
+/// on, the notifications and selectors it may name, and where its problems go.
+struct RuleCheck<'a> {
+    file: &'a Path,
+    id: &'a str,
+    on: &'a [EventType],
+    notifications: &'a BTreeMap<String, Notification>,
+    selectors: &'a BTreeMap<String, (Selector, SourceLoc)>,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl RuleCheck<'_> {
+    /// Where something in the rule's file was written.
+    fn loc(&self, l: &serde_saphyr::Location) -> SourceLoc {
+        loc(self.file, l)
+    }
+
+    /// Notes a problem with the rule.
+    fn push(&mut self, where_: &SourceLoc, message: String) {
+        self.diags.push(at(where_, message));
+    }
+
+    /// A path the rule reads must exist in every event type it fires on.
+    fn check_path(&mut self, path: &str, where_: &SourceLoc, what: &str) {
+        let (id, on) = (self.id, self.on);
+        for ty in on {
+            if !model::path_exists(*ty, path) {
+                self.push(
+                    where_,
+                    format!("rule `{id}` can never fire: {what} `{path}` does not exist in {ty} events"),
+                );
+            }
+        }
+    }
+
+    /// The rule fires on at least one event type, and a fan-out over
+    /// receivers only on event types that have them.
+    fn trigger(&mut self, on_loc: &SourceLoc, for_each: Option<FanOut>) {
+        let (id, on) = (self.id, self.on);
+        if on.is_empty() {
+            self.push(on_loc, format!("rule `{id}` can never fire: `on` lists no event type"));
+        }
+        if for_each == Some(FanOut::Receiver) {
+            for ty in on.iter().filter(|t| !model::has_receiver(**t)) {
+                self.push(
+                    on_loc,
+                    format!("rule `{id}`: `for_each: receiver` but {ty} has no receiver"),
+                );
+            }
+        }
+    }
+
+    /// The `when` conditions, each on a path the rule's events have.
+    fn conditions(&mut self, when: BTreeMap<String, Spanned<Matcher>>) -> Vec<Condition> {
+        let mut conditions = Vec::new();
+        for (path, matcher) in when {
+            self.check_path(&path, &self.loc(&matcher.referenced), "path");
+            conditions.push(Condition {
+                path,
+                matcher: matcher.value,
+            });
+        }
+        conditions
+    }
+
+    /// A `notify` rule: a catalogued notification, its template, at least
+    /// one channel, recipients, and an optional digest.
+    fn notify(&mut self, notify: Spanned<String>, fields: NotifyFields) -> NotifyAction {
+        let NotifyFields {
+            template,
+            channels,
+            to,
+            digest,
+        } = fields;
+        let id = self.id;
+        let notify_loc = self.loc(&notify.referenced);
+        if !self.notifications.contains_key(&notify.value) {
+            self.push(&notify_loc, format!("unknown notification `{}`", notify.value));
+        }
+        let template = match template {
+            Some(t) => t.value,
+            None => {
+                self.push(&notify_loc, format!("rule `{id}` notifies but names no `template`"));
+                String::new()
+            }
+        };
+        let channels = channels.map(|c| c.value).unwrap_or_default();
+        if channels.is_empty() {
+            self.push(
+                &notify_loc,
+                format!("rule `{id}` can never fire: it names no `channels`"),
+            );
+        }
+        let to = self.recipients(to, &notify_loc);
+        let digest = digest.map(|d| self.digest(d));
+        NotifyAction {
+            notification: notify.value,
+            template,
+            channels,
+            to,
+            digest,
+        }
+    }
+
+    /// The selectors of `to`: at least one, each known, each reading paths
+    /// the rule's events have.
+    fn recipients(&mut self, to: Option<Spanned<Vec<Spanned<String>>>>, notify_loc: &SourceLoc) -> Vec<String> {
+        let id = self.id;
+        let selectors = self.selectors;
+        let mut names = Vec::new();
+        match to {
+            Some(list) if !list.value.is_empty() => {
+                for name in list.value {
+                    let where_ = self.loc(&name.referenced);
+                    match selectors.get(&name.value) {
+                        None => {
+                            let known: Vec<&str> = selectors.keys().map(String::as_str).collect();
+                            self.push(
+                                &where_,
+                                format!("unknown selector `{}` (known: {})", name.value, known.join(", ")),
+                            );
+                        }
+                        Some((sel, _)) => {
+                            for path in sel.paths() {
+                                self.check_path(path, &where_, &format!("selector `{}` reads", name.value));
+                            }
+                        }
+                    }
+                    names.push(name.value);
+                }
+            }
+            _ => self.push(
+                notify_loc,
+                format!("rule `{id}` can never fire: `to` names no recipients"),
+            ),
+        }
+        names
+    }
+
+    /// A digest policy: a threshold of at least one, a catalogued digest
+    /// notification, and a partner path the rule's events have.
+    fn digest(&mut self, digest: Spanned<DigestPolicy>) -> DigestPolicy {
+        let where_ = self.loc(&digest.referenced);
+        let policy = digest.value;
+        if policy.threshold == 0 {
+            self.push(&where_, "a digest threshold must be at least 1".into());
+        }
+        if !self.notifications.contains_key(&policy.notification) {
+            self.push(&where_, format!("unknown notification `{}`", policy.notification));
+        }
+        self.check_path(&policy.partner, &where_, "digest partner");
+        policy
+    }
+
+    /// A `suppress` rule: at least one notification, each catalogued.
+    fn suppress(&mut self, list: Spanned<Vec<Spanned<String>>>) -> Vec<String> {
+        let id = self.id;
+        if list.value.is_empty() {
+            self.push(
+                &self.loc(&list.referenced),
+                format!("rule `{id}` suppresses nothing: list the notifications"),
+            );
+        }
+        let mut names = Vec::new();
+        for name in list.value {
+            if !self.notifications.contains_key(&name.value) {
+                self.push(
+                    &self.loc(&name.referenced),
+                    format!("unknown notification `{}`", name.value),
+                );
+            }
+            names.push(name.value);
+        }
+        names
+    }
+
+    /// A `record` rule: at least one status, paths the rule's events have,
+    /// and a receiver status only on event types with a receiver.
+    fn record(&mut self, record: Spanned<RecordSpec>) -> RecordSpec {
+        let (id, on) = (self.id, self.on);
+        let where_ = self.loc(&record.referenced);
+        let spec = record.value;
+        if spec.receiver_status.is_none() && spec.referral_status.is_none() {
+            self.push(&where_, format!("rule `{id}` records nothing"));
+        }
+        for value in [&spec.receiver_status, &spec.referral_status].into_iter().flatten() {
+            if let StatusValue::From { from } = value {
+                self.check_path(from, &where_, "record path");
+            }
+        }
+        if spec.receiver_status.is_some() {
+            for ty in on.iter().filter(|t| !model::has_receiver(**t)) {
+                self.push(
+                    &where_,
+                    format!("rule `{id}` records a receiver status but {ty} has no receiver"),
+                );
+            }
+        }
+        spec
+    }
+}
+
+fn forbid_notify_fields(id: &str, location: &SourceLoc, fields: &NotifyFields, diags: &mut Vec<Diagnostic>) {
     let present = [
-        ("template", template.is_some()),
-        ("channels", channels.is_some()),
-        ("to", to.is_some()),
-        ("digest", digest.is_some()),
+        ("template", fields.template.is_some()),
+        ("channels", fields.channels.is_some()),
+        ("to", fields.to.is_some()),
+        ("digest", fields.digest.is_some()),
     ];
     for (field, _) in present.iter().filter(|(_, p)| *p) {
         diags.push(at(
