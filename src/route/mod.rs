@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::directory::DirectoryView;
 use crate::event::{Event, PartnerId};
-use rules::{Action, Channel, DayBoundary, FanOut, Rule};
+use rules::{Action, Channel, DayBoundary, FanOut, NotifyAction, Rule};
 pub use rules::{RuleSet, RulesError};
 pub use selector::Recipient;
 pub use state::{MemoryState, StateView};
@@ -110,22 +110,17 @@ pub struct Plan {
 
 /// Routes one event: who gets which notification on which channel, and why.
 pub fn route(event: &Event, rules: &RuleSet, dir: &dyn DirectoryView, state: &dyn StateView) -> Plan {
-    let mut plan = Plan::default();
     let base = context(event, state);
-    let fanned: Vec<Value> = if rules.rules_for(event.event_type).any(|r| r.for_each.is_some()) {
-        (0..event.receivers().len())
-            .map(|i| {
-                let mut ctx = base.clone();
-                bind_receiver(&mut ctx, event, state, Some(i));
-                ctx
-            })
-            .collect()
-    } else {
-        Vec::new()
+    let fanned = fan_out(event, rules, state, &base);
+    let mut router = Router {
+        event,
+        rules,
+        dir,
+        state,
+        plan: Plan::default(),
+        raw: Vec::new(),
+        suppressions: Vec::new(),
     };
-    let mut raw: Vec<(Delivery, Option<usize>)> = Vec::new();
-    let mut suppressions: Vec<(&Rule, &[String], Option<usize>)> = Vec::new();
-
     for rule in &rules.rules {
         if !rule.on.contains(&event.event_type) {
             continue;
@@ -135,91 +130,143 @@ pub fn route(event: &Event, rules: &RuleSet, dir: &dyn DirectoryView, state: &dy
             Some(FanOut::Receiver) => fanned.iter().enumerate().map(|(i, c)| (Some(i), c)).collect(),
         };
         for (scope, ctx) in scopes {
-            let scope_name = scope.and_then(|i| event.receivers().get(i)).map(|r| r.name.clone());
-            if let Some(reason) = unmatched(rule, ctx) {
-                plan.trace.push(Trace {
-                    rule: rule.id.clone(),
-                    scope: scope_name,
-                    matched: false,
-                    reason,
-                });
-                continue;
-            }
-            let reason = match &rule.action {
-                Action::Notify(n) => {
-                    let mut recipients: Vec<Recipient> = Vec::new();
-                    for name in &n.to {
-                        if let Some(sel) = rules.selectors.get(name) {
-                            recipients.extend(sel.resolve(ctx, dir));
-                        }
-                    }
-                    let digest = n.digest.as_ref().and_then(|d| {
-                        let key = digest_key(d, event, ctx, dir)?;
-                        if !plan.counters.contains(&key) {
-                            plan.counters.push(key.clone());
-                        }
-                        let position = state.digest_position(&key).max(1);
-                        Some((key, position > d.threshold, d.channels.clone()))
-                    });
-                    let receiver = scope.map(|_| ctx["receiver"].clone());
-                    for channel in &n.channels {
-                        let held = digest
-                            .as_ref()
-                            .filter(|(_, held, chans)| *held && chans.contains(channel));
-                        for r in &recipients {
-                            raw.push((
-                                Delivery {
-                                    notification: n.notification.clone(),
-                                    template: n.template.clone(),
-                                    channel: *channel,
-                                    recipient: r.clone(),
-                                    decision: if held.is_some() { Decision::Hold } else { Decision::Send },
-                                    rules: vec![rule.id.clone()],
-                                    receiver: receiver.clone(),
-                                    digest: held.map(|(k, _, _)| k.clone()),
-                                },
-                                scope,
-                            ));
-                        }
-                    }
-                    let held_note = match &digest {
-                        Some((k, true, _)) => format!(", held for digest {} of {}", k.counter, k.day),
-                        _ => String::new(),
-                    };
-                    format!(
-                        "matched: {} to {} recipient(s){held_note}",
-                        n.notification,
-                        recipients.len()
-                    )
-                }
-                Action::Suppress(names) => {
-                    suppressions.push((rule, names, scope));
-                    format!("matched: suppresses {}", names.join(", "))
-                }
-                Action::Record(spec) => record(rule, spec, ctx, &mut plan.records),
-            };
-            plan.trace.push(Trace {
+            router.apply(rule, scope, ctx);
+        }
+    }
+    router.finish()
+}
+
+/// The document rules read for each receiver, when a rule for this event
+/// type fans out; empty otherwise.
+fn fan_out(event: &Event, rules: &RuleSet, state: &dyn StateView, base: &Value) -> Vec<Value> {
+    if rules.rules_for(event.event_type).any(|r| r.for_each.is_some()) {
+        (0..event.receivers().len())
+            .map(|i| {
+                let mut ctx = base.clone();
+                bind_receiver(&mut ctx, event, state, Some(i));
+                ctx
+            })
+            .collect()
+    } else {
+        Vec::new()
+    }
+}
+
+/// One event being routed: what routing reads, and what it has planned so far.
+struct Router<'a> {
+    event: &'a Event,
+    rules: &'a RuleSet,
+    dir: &'a dyn DirectoryView,
+    state: &'a dyn StateView,
+    plan: Plan,
+    /// Deliveries as the rules planned them, with the fan-out item each is for.
+    raw: Vec<(Delivery, Option<usize>)>,
+    /// Suppressions that matched, applied once every rule has run.
+    suppressions: Vec<(&'a Rule, &'a [String], Option<usize>)>,
+}
+
+impl<'a> Router<'a> {
+    /// Runs one rule in one scope (the event, or one fan-out item) and
+    /// traces why it did or did not act.
+    fn apply(&mut self, rule: &'a Rule, scope: Option<usize>, ctx: &Value) {
+        let scope_name = scope
+            .and_then(|i| self.event.receivers().get(i))
+            .map(|r| r.name.clone());
+        if let Some(reason) = unmatched(rule, ctx) {
+            self.plan.trace.push(Trace {
                 rule: rule.id.clone(),
                 scope: scope_name,
-                matched: true,
+                matched: false,
                 reason,
             });
+            return;
         }
+        let reason = match &rule.action {
+            Action::Notify(n) => self.notify(rule, n, scope, ctx),
+            Action::Suppress(names) => {
+                self.suppressions.push((rule, names, scope));
+                format!("matched: suppresses {}", names.join(", "))
+            }
+            Action::Record(spec) => record(rule, spec, ctx, &mut self.plan.records),
+        };
+        self.plan.trace.push(Trace {
+            rule: rule.id.clone(),
+            scope: scope_name,
+            matched: true,
+            reason,
+        });
     }
 
-    for (rule, names, scope) in suppressions {
-        for (d, d_scope) in raw.iter_mut() {
-            if names.contains(&d.notification) && (scope.is_none() || scope == *d_scope) {
-                d.decision = Decision::Suppress;
-                d.digest = None;
-                if !d.rules.contains(&rule.id) {
-                    d.rules.push(rule.id.clone());
+    /// Plans a matched `notify` rule's deliveries: every recipient on every
+    /// channel, held where its digest is over the threshold.
+    fn notify(&mut self, rule: &Rule, n: &NotifyAction, scope: Option<usize>, ctx: &Value) -> String {
+        let mut recipients: Vec<Recipient> = Vec::new();
+        for name in &n.to {
+            if let Some(sel) = self.rules.selectors.get(name) {
+                recipients.extend(sel.resolve(ctx, self.dir));
+            }
+        }
+        let digest = n.digest.as_ref().and_then(|d| self.digest(d, ctx));
+        let receiver = scope.map(|_| ctx["receiver"].clone());
+        for channel in &n.channels {
+            let held = digest
+                .as_ref()
+                .filter(|(_, held, chans)| *held && chans.contains(channel));
+            for r in &recipients {
+                self.raw.push((
+                    Delivery {
+                        notification: n.notification.clone(),
+                        template: n.template.clone(),
+                        channel: *channel,
+                        recipient: r.clone(),
+                        decision: if held.is_some() { Decision::Hold } else { Decision::Send },
+                        rules: vec![rule.id.clone()],
+                        receiver: receiver.clone(),
+                        digest: held.map(|(k, _, _)| k.clone()),
+                    },
+                    scope,
+                ));
+            }
+        }
+        let held_note = match &digest {
+            Some((k, true, _)) => format!(", held for digest {} of {}", k.counter, k.day),
+            _ => String::new(),
+        };
+        format!(
+            "matched: {} to {} recipient(s){held_note}",
+            n.notification,
+            recipients.len()
+        )
+    }
+
+    /// Counts the event towards its digest counter (once per key) and says
+    /// whether it is over the threshold, and for which channels.
+    fn digest(&mut self, d: &rules::DigestPolicy, ctx: &Value) -> Option<(DigestKey, bool, Vec<Channel>)> {
+        let key = digest_key(d, self.event, ctx, self.dir)?;
+        if !self.plan.counters.contains(&key) {
+            self.plan.counters.push(key.clone());
+        }
+        let position = self.state.digest_position(&key).max(1);
+        Some((key, position > d.threshold, d.channels.clone()))
+    }
+
+    /// Applies the matched suppressions (to their own fan-out item, or to
+    /// the whole event) and settles one delivery per person.
+    fn finish(mut self) -> Plan {
+        for (rule, names, scope) in self.suppressions {
+            for (d, d_scope) in self.raw.iter_mut() {
+                if names.contains(&d.notification) && (scope.is_none() || scope == *d_scope) {
+                    d.decision = Decision::Suppress;
+                    d.digest = None;
+                    if !d.rules.contains(&rule.id) {
+                        d.rules.push(rule.id.clone());
+                    }
                 }
             }
         }
+        self.plan.deliveries = dedupe(self.raw.into_iter().map(|(d, _)| d));
+        self.plan
     }
-    plan.deliveries = dedupe(raw.into_iter().map(|(d, _)| d));
-    plan
 }
 
 /// One delivery per (notification, channel, person), however many roles or
