@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use referral_router::cli::{self, templates::PREVIEW_PORTAL};
+use referral_router::cli::templates::PREVIEW_PORTAL;
 use referral_router::decode::decode_structured;
 use referral_router::directory::Directory;
 use referral_router::event::Event;
@@ -193,7 +193,7 @@ fn median_us(mut f: impl FnMut()) -> f64 {
 /// each location of a partner has five, in the partner's locale, one of them
 /// in another time zone.
 fn directory(root: &Path) -> Directory {
-    let mut events = cli::read_jsonl(&root.join("rules/tests/directory.jsonl")).expect("directory");
+    let mut events = referral_router::decode::read_jsonl(&root.join("rules/tests/directory.jsonl")).expect("directory");
     let extra = [
         (
             "fabrikam",

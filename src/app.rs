@@ -1,9 +1,8 @@
-//! Build everything once, then run the consumer and the HTTP server until the
-//! one shutdown token fires (SIGTERM/SIGINT). SIGHUP reloads rules and templates.
+//! Build every stage once, each with only the parts it uses, then run the
+//! consumer, the periodic digest flush and the HTTP server until the one
+//! shutdown token fires (SIGTERM/SIGINT). SIGHUP reloads the serving set.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -11,182 +10,130 @@ use tracing::{error, info, warn};
 
 use crate::broker::Publisher;
 use crate::config::Settings;
-use crate::directory::Directory;
-use crate::dispatch::email::Mailer;
-use crate::render::{Sender, Templates};
-use crate::route::RuleSet;
-use crate::store::{self, Store, StoreError};
+use crate::consume::Consumer;
+use crate::dispatch::Dispatcher;
+use crate::dispatch::email::{Letterhead, Mailer};
+use crate::flow::{DirectoryCache, Flow};
+use crate::http::HttpState;
+use crate::render::Sender;
+use crate::serving::Serving;
+use crate::store;
 use crate::telemetry::Metrics;
-use crate::{consume, http};
+use crate::{digest, http};
 
-/// The rule set and the templates checked against it; swapped together on reload.
-pub struct Active {
-    pub rules: Arc<RuleSet>,
-    pub templates: Arc<Templates>,
+/// Why the worker cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Serving(#[from] crate::serving::LoadError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Settings(String),
+    #[error("http.addr {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
 }
 
-/// Everything the flow shares.
+/// The worker's stages, built once.
 pub struct App {
     pub settings: Settings,
-    pub store: Arc<dyn Store>,
-    pub mailer: Mailer,
-    pub publisher: Publisher,
-    pub metrics: Metrics,
+    pub flow: Arc<Flow>,
     pub shutdown: CancellationToken,
-    /// Directory events hold it exclusively, everything else shared, taken in
-    /// queue order: a directory change is applied before later events route.
-    pub order: Arc<tokio::sync::RwLock<()>>,
-    /// Who the router's email comes from (validated at start).
-    pub sender: Sender,
-    active: RwLock<Arc<Active>>,
-    /// The store's directory as of sequence number `directory_seq`; refreshed
-    /// per event, so changes recorded by other workers are seen too.
-    directory: RwLock<Directory>,
-    directory_seq: AtomicI64,
-    /// Serialises applying directory changes, so they apply in sequence order.
-    directory_apply: tokio::sync::Mutex<()>,
-    in_flight: Mutex<HashSet<String>>,
-}
-
-/// Held while an event is processed; a redelivered copy waits for it.
-pub struct Claim<'a> {
-    app: &'a App,
-    id: String,
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        self.app
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
-    }
-}
-
-fn load(settings: &Settings) -> Result<Active, String> {
-    let (rules, templates, examples) =
-        crate::render::load_serving_set(&settings.templates.dir, &settings.rules.dir, &settings.mail.portal_url)?;
-    info!(examples, "templates checked");
-    Ok(Active {
-        rules: Arc::new(rules),
-        templates: Arc::new(templates),
-    })
 }
 
 impl App {
-    /// Opens the store, loads and checks rules, builds the mailer. Nothing connects to the broker yet.
-    pub async fn build(settings: Settings) -> Result<Arc<Self>, String> {
-        let active = load(&settings)?;
-        let sender = settings.sender()?;
-        let store = store::connect(&settings.store).await.map_err(|e| e.to_string())?;
-        let changes = store.directory_changes(0).await.map_err(|e| e.to_string())?;
-        let directory = Directory::from_events(&changes.events);
-        let mailer = Mailer::from_settings(&settings.smtp)?;
+    /// Loads and checks rules and templates, opens the store, builds the
+    /// mailer. Nothing connects to the broker yet.
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        let serving = Arc::new(Serving::load(
+            &settings.rules.dir,
+            &settings.templates.dir,
+            &settings.mail.portal_url,
+        )?);
+        let current = serving.current();
+        info!(examples = current.examples, "templates checked");
+        info!(rules = current.rules.rules.len(), hash = %current.rules.hash, "rules loaded");
         let metrics = Metrics::new();
-        metrics.set_rules(&active.rules.hash);
-        info!(rules = active.rules.rules.len(), hash = %active.rules.hash, "rules loaded");
-        Ok(Arc::new(Self {
-            settings,
-            store,
-            mailer,
+        metrics.set_rules(&current.rules.hash);
+        let store = store::connect(&settings.store).await?;
+        let dispatcher = Dispatcher {
+            store: store.clone(),
+            mailer: Mailer::from_settings(&settings.smtp).map_err(StartError::Settings)?,
+            letterhead: Letterhead {
+                sender: Sender::from_settings(&settings.mail).map_err(StartError::Settings)?,
+                unsubscribe_url: settings.mail.unsubscribe_url.clone(),
+            },
             publisher: Publisher::default(),
+            action_center_exchange: settings.amqp.action_center_exchange.clone(),
+            metrics: metrics.clone(),
+            lease: settings.store.lease,
+        };
+        let flow = Arc::new(Flow {
+            directory: DirectoryCache::load(&*store).await?,
+            store,
+            serving,
+            dispatcher,
             metrics,
+        });
+        Ok(Self {
+            settings,
+            flow,
             shutdown: CancellationToken::new(),
-            order: Arc::default(),
-            sender,
-            active: RwLock::new(Arc::new(active)),
-            directory: RwLock::new(directory),
-            directory_seq: AtomicI64::new(changes.seq),
-            directory_apply: tokio::sync::Mutex::new(()),
-            in_flight: Mutex::new(HashSet::new()),
-        }))
+        })
     }
 
-    pub fn active(&self) -> Arc<Active> {
-        self.active.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn directory(&self) -> RwLockReadGuard<'_, Directory> {
-        self.directory.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Applies the directory changes any worker recorded since the last call.
-    /// One indexed query that usually returns nothing, so it runs per event.
-    pub async fn refresh_directory(&self) -> Result<(), StoreError> {
-        let seen = self.directory_seq.load(Ordering::Acquire);
-        let mut changes = self.store.directory_changes(seen).await?;
-        if changes.events.is_empty() {
-            return Ok(());
+    /// Runs the worker until SIGTERM/SIGINT; returns once in-flight work is
+    /// drained (or the drain timeout has passed).
+    pub async fn run(self) -> Result<(), StartError> {
+        let addr = self.settings.http_addr();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: self.settings.http.addr.clone(),
+                source,
+            })?;
+        info!(addr = %self.settings.http.addr, "HTTP listening");
+        let publisher = self.flow.dispatcher.publisher.clone();
+        let state = HttpState::new(&self.flow, &self.settings.http, publisher.clone());
+        let server = tokio::spawn(http::serve(state, listener, self.shutdown.clone()));
+        tokio::spawn(signals(self.flow.clone(), self.shutdown.clone()));
+        let flushing = tokio::spawn(digest::run_periodically(
+            self.flow.clone(),
+            self.settings.digest.lease,
+            self.settings.digest.check_every,
+            self.shutdown.clone(),
+        ));
+        let consumer = Arc::new(Consumer::new(
+            self.settings.amqp.clone(),
+            self.settings.retry.clone(),
+            self.settings.store.lease,
+            self.settings.shutdown.drain_timeout,
+            self.flow.clone(),
+            publisher,
+            self.shutdown.clone(),
+        ));
+        consumer.run().await;
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), flushing).await;
+        match tokio::time::timeout(Duration::from_secs(5), server).await {
+            Ok(Ok(Err(e))) => error!(error = %e, "HTTP server failed"),
+            Err(_) => warn!("the HTTP server did not stop in 5s; leaving it"),
+            _ => {}
         }
-        let _applying = self.directory_apply.lock().await;
-        let now_seen = self.directory_seq.load(Ordering::Acquire);
-        if now_seen != seen {
-            // Another task applied some meanwhile: start from where it stopped.
-            changes = self.store.directory_changes(now_seen).await?;
-        }
-        {
-            let mut dir = self.directory.write().unwrap_or_else(|e| e.into_inner());
-            for event in &changes.events {
-                dir.apply(event);
-            }
-        }
-        self.directory_seq.fetch_max(changes.seq, Ordering::AcqRel);
+        info!("stopped");
         Ok(())
     }
-
-    /// Waits until no other task is processing `id`, then claims it.
-    pub async fn claim(&self, id: &str) -> Claim<'_> {
-        loop {
-            if self
-                .in_flight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id.to_string())
-            {
-                return Claim {
-                    app: self,
-                    id: id.to_string(),
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Reloads rules and templates; a set that fails its check is
-    /// rejected and the serving set stays.
-    pub fn reload(&self) -> Result<String, String> {
-        let active = load(&self.settings)?;
-        let hash = active.rules.hash.clone();
-        *self.active.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(active);
-        self.metrics.set_rules(&hash);
-        Ok(hash)
-    }
 }
 
-/// Runs the worker until SIGTERM/SIGINT; returns once in-flight work is drained.
-pub async fn run(app: Arc<App>) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(app.settings.http_addr())
-        .await
-        .map_err(|e| format!("http.addr {}: {e}", app.settings.http.addr))?;
-    info!(addr = %app.settings.http.addr, "HTTP listening");
-    let server = tokio::spawn(http::serve(app.clone(), listener));
-    tokio::spawn(signals(app.clone()));
-    let flushing = tokio::spawn(crate::digest::run_periodically(
-        app.clone(),
-        app.settings.digest.check_every,
-    ));
-    consume::run(app.clone()).await;
-    app.shutdown.cancel();
-    let _ = flushing.await;
-    if let Ok(Err(e)) = server.await {
-        error!(error = %e, "HTTP server failed");
-    }
-    info!("stopped");
-    Ok(())
+/// Reloads the serving set; a set that fails its checks is rejected and the
+/// serving one stays. Returns the new rules' hash.
+pub fn reload(flow: &Flow) -> Result<String, crate::serving::LoadError> {
+    let set = flow.serving.reload()?;
+    flow.metrics.set_rules(&set.rules.hash);
+    Ok(set.rules.hash.clone())
 }
 
-async fn signals(app: Arc<App>) {
+async fn signals(flow: Arc<Flow>, shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -200,13 +147,13 @@ async fn signals(app: Arc<App>) {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match app.reload() {
+            _ = hup.recv() => match reload(&flow) {
                 Ok(hash) => info!(%hash, "rules reloaded"),
                 Err(e) => warn!(error = %e, "reload rejected; the previous rules keep serving"),
             },
-            () = app.shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
         }
     }
     info!("shutdown requested");
-    app.shutdown.cancel();
+    shutdown.cancel();
 }

@@ -173,6 +173,14 @@ pub struct Digest {
     pub lease: Duration,
 }
 
+#[derive(Clone, Debug, Deserialize)]
+pub struct Shutdown {
+    /// How long SIGTERM waits for in-flight messages; what is unfinished then
+    /// is left unacked, and the broker delivers it again.
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -198,6 +206,7 @@ pub struct Settings {
     pub templates: Templates,
     pub retry: Retry,
     pub digest: Digest,
+    pub shutdown: Shutdown,
     pub log: Log,
 }
 
@@ -217,16 +226,6 @@ impl Settings {
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
-    }
-
-    /// `mail.from` and `mail.reply_to` as mailboxes.
-    pub fn sender(&self) -> Result<crate::render::Sender, String> {
-        let from = self.mail.from.parse().map_err(|e| format!("mail.from: {e}"))?;
-        let reply_to = self.mail.reply_to.parse().map_err(|e| format!("mail.reply_to: {e}"))?;
-        Ok(crate::render::Sender {
-            from,
-            reply_to: Some(reply_to),
-        })
     }
 
     /// Every problem at once, each naming its key.

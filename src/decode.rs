@@ -1,10 +1,17 @@
-//! Bytes in, a typed [`Event`] out. A failure here is permanent: the same bytes
-//! will never decode, so the worker dead-letters them with the reason.
+//! Bytes in, a typed [`Event`] out: the one place events are decoded, from a
+//! broker message (the size limit, structured and binary CloudEvents) or from
+//! the files the CLI reads. A failure here is permanent: the same bytes will
+//! never decode, so the worker dead-letters them with the reason.
+
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::directory::Directory;
 use crate::event::{Event, EventData, EventId, EventType};
 
 /// Why a message is not a usable event. The text names the offending field.
@@ -116,6 +123,89 @@ fn describe(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
     } else {
         format!("{path}: {}", e.inner())
     }
+}
+
+fn header_text(headers: &FieldTable, name: &str) -> Option<String> {
+    let inner = headers.inner();
+    let value = ["cloudEvents:", "cloudEvents_"]
+        .iter()
+        .find_map(|prefix| inner.get(format!("{prefix}{name}").as_str()))?;
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        AMQPValue::Timestamp(t) => DateTime::<Utc>::from_timestamp(i64::try_from(*t).ok()?, 0).map(|t| t.to_rfc3339()),
+        _ => None,
+    }
+}
+
+/// Decodes a broker message of at most `max` bytes in either CloudEvents
+/// mode: binary when the `cloudEvents:*` headers carry the attributes,
+/// structured otherwise.
+pub fn decode_message(properties: &BasicProperties, body: &[u8], max: usize) -> Result<Event, DecodeError> {
+    if body.len() > max {
+        return Err(DecodeError::TooLarge { size: body.len(), max });
+    }
+    let Some(headers) = properties
+        .headers()
+        .as_ref()
+        .filter(|h| header_text(h, "specversion").is_some())
+    else {
+        return decode_structured(body);
+    };
+    let required = |name: &str| {
+        header_text(headers, name)
+            .ok_or_else(|| DecodeError::NotCloudEvent(format!("missing header cloudEvents:{name}")))
+    };
+    let time = required("time")?;
+    let attributes = Attributes {
+        specversion: required("specversion")?,
+        id: EventId::new(required("id")?),
+        source: required("source")?,
+        event_type: required("type")?,
+        time: DateTime::parse_from_rfc3339(&time)
+            .map_err(|e| DecodeError::NotCloudEvent(format!("cloudEvents:time `{time}`: {e}")))?
+            .with_timezone(&Utc),
+        subject: header_text(headers, "subject"),
+    };
+    if attributes.id.as_str().trim().is_empty() {
+        return Err(DecodeError::NotCloudEvent("cloudEvents:id is empty".into()));
+    }
+    decode_binary(attributes, body)
+}
+
+/// Reads a file of events, one CloudEvent per line (blank lines and `#` comments skipped).
+pub fn read_jsonl(path: &Path) -> Result<Vec<Event>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut events = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let event = decode_structured(line.as_bytes()).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// Reads one event file (a single structured CloudEvent).
+pub fn read_event(path: &Path) -> Result<Event, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    decode_structured(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads a directory file and builds the directory from it.
+pub fn read_directory(path: &Path) -> Result<Directory, String> {
+    let events = read_jsonl(path)?;
+    if let Some(other) = events.iter().find(|e| !e.event_type.as_str().starts_with("directory.")) {
+        return Err(format!(
+            "{}: event {} is a {}, not a directory event",
+            path.display(),
+            other.id,
+            other.event_type
+        ));
+    }
+    Ok(Directory::from_events(&events))
 }
 
 #[cfg(test)]

@@ -9,15 +9,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::directory::DirectoryView;
-use crate::dispatch::email::{Mailer, SendError, Staged};
-use crate::event::EventId;
-use crate::render::{Sender, Templates, build_email, message_id};
-use crate::route::RuleSet;
-use crate::route::rules::{Action, DayBoundary, DigestPolicy};
-use crate::store::{DigestClaim, HeldGroup, Store, StoreError};
+use crate::dispatch::Dispatcher;
+use crate::error::Failure;
+use crate::flow::Flow;
+use crate::route::rules::{DayBoundary, DigestPolicy};
+use crate::serving::ServingSet;
+use crate::store::{DigestClaim, DigestOutcome, HeldGroup, StoreError};
+use crate::telemetry::Metrics;
 
 /// Where "now" comes from, so tests can move time instead of waiting for it.
 pub trait Clock: Send + Sync {
@@ -51,18 +53,6 @@ pub enum Scope {
     All,
 }
 
-/// The digest policy (and the rule carrying it) of a counter.
-pub fn policy<'r>(rules: &'r RuleSet, counter: &str) -> Option<(&'r str, &'r DigestPolicy)> {
-    rules.rules.iter().find_map(|r| match &r.action {
-        Action::Notify(n) => n
-            .digest
-            .as_ref()
-            .filter(|d| d.counter == counter)
-            .map(|d| (r.id.as_str(), d)),
-        _ => None,
-    })
-}
-
 /// Whether a group must be flushed now: its oldest item has waited a whole
 /// flush interval, or its day (in the partner's time zone) is over.
 pub fn is_due(group: &HeldGroup, policy: &DigestPolicy, dir: &dyn DirectoryView, now: DateTime<Utc>) -> bool {
@@ -88,156 +78,192 @@ pub struct FlushReport {
     /// Groups another worker was flushing.
     pub busy: u32,
     pub not_due: u32,
+    /// Digests that failed for now (the server was down, say): retried at a later flush.
     pub failed: u32,
+    /// Digests refused for good (a permanent SMTP refusal, a template that
+    /// cannot render): their items are marked failed and not retried.
+    pub refused: u32,
 }
 
 /// Everything a flush needs.
 pub struct Flusher<'a> {
-    pub store: &'a dyn Store,
-    pub rules: &'a RuleSet,
-    pub templates: &'a Templates,
+    pub dispatcher: &'a Dispatcher,
+    pub serving: &'a ServingSet,
     pub directory: &'a (dyn DirectoryView + Sync),
-    pub mailer: &'a Mailer,
-    pub mail: &'a crate::config::Mail,
-    pub sender: &'a Sender,
     pub clock: &'a dyn Clock,
     /// Who is flushing, recorded on claims.
     pub worker: &'a str,
     pub lease: Duration,
 }
 
+/// Which digest a group goes out as.
+struct DigestAs<'a> {
+    notification: &'a str,
+    template: &'a str,
+}
+
 impl Flusher<'_> {
     /// Flushes the held groups in `scope`; a failure of one group does not stop the others.
     pub async fn flush(&self, scope: Scope) -> Result<FlushReport, StoreError> {
         let mut report = FlushReport::default();
-        for group in self.store.held_groups().await? {
-            let Some((_, policy)) = policy(self.rules, &group.key.counter) else {
-                warn!(counter = %group.key.counter, "held items whose counter no rule defines; flushing them as they are");
-                continue;
-            };
+        let store = &*self.dispatcher.store;
+        for group in store.held_groups().await? {
+            let policy = self.serving.rules.digest_policy(&group.key.counter).map(|(_, p)| p);
             let now = self.clock.now();
-            if scope == Scope::Due && !is_due(&group, policy, self.directory, now) {
+            // A group no rule holds any more is due at once: nothing else would ever send it.
+            if scope == Scope::Due && policy.is_some_and(|p| !is_due(&group, p, self.directory, now)) {
                 report.not_due += 1;
                 continue;
             }
             let lease_until = now + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::minutes(5));
-            let Some(claim) = self.store.claim_digest(&group, self.worker, now, lease_until).await? else {
+            let Some(claim) = store.claim_digest(&group, self.worker, now, lease_until).await? else {
                 report.busy += 1;
                 continue;
             };
-            let sent = match self.stage(&claim, policy).await {
-                Ok((staged, message_id)) => {
-                    let turn = self.mailer.turn().await.map_err(|e| StoreError(e.to_string()))?;
-                    staged
-                        .finish()
-                        .await
-                        .map(|()| (message_id, turn))
-                        .map_err(|e| e.to_string())
-                }
-                Err(e) => Err(e),
-            };
-            match sent {
-                Ok((message_id, turn)) => {
-                    // Recorded before the turn is given up: see `smtp.max_in_flight`.
-                    self.store.digest_sent(&claim.id, &message_id, self.clock.now()).await?;
-                    drop(turn);
-                    report.digests_sent += 1;
-                    report.leads_digested += u32::try_from(claim.items.len()).unwrap_or(u32::MAX);
-                    info!(digest = %claim.id, recipient = %claim.recipient, items = claim.items.len(),
-                          attempt = claim.attempt, %message_id, "digest sent");
-                }
-                Err(e) => {
-                    // The claim stays; the next flush after the lease retries it as the same digest.
-                    report.failed += 1;
-                    warn!(digest = %claim.id, recipient = %claim.recipient, error = %e, "digest not sent; will retry");
-                }
-            }
+            self.settle(&claim, self.send(&claim, policy).await, &mut report)
+                .await?;
         }
         Ok(report)
     }
 
-    /// Renders the digest and stages it with the mail server.
-    async fn stage(&self, claim: &DigestClaim, policy: &DigestPolicy) -> Result<(Staged<'_>, String), String> {
-        let first = claim.items.first().ok_or("a digest with no items")?;
+    /// Records and reports how one claimed digest's send ended.
+    async fn settle(
+        &self,
+        claim: &DigestClaim,
+        sent: Result<String, Failure>,
+        report: &mut FlushReport,
+    ) -> Result<(), StoreError> {
+        match sent {
+            Ok(message_id) => {
+                report.digests_sent += 1;
+                report.leads_digested += u32::try_from(claim.items.len()).unwrap_or(u32::MAX);
+                info!(digest = %claim.id, recipient = %claim.recipient, items = claim.items.len(),
+                      attempt = claim.attempt, %message_id, "digest sent");
+            }
+            Err(Failure::Permanent(reason)) => {
+                let outcome = DigestOutcome::Failed { error: &reason };
+                self.dispatcher
+                    .store
+                    .settle_digest(&claim.id, &outcome, self.clock.now())
+                    .await?;
+                report.refused += 1;
+                warn!(digest = %claim.id, recipient = %claim.recipient, error = %reason,
+                      "digest failed for good; its items are marked failed and not retried");
+            }
+            Err(Failure::Store(e)) => return Err(e),
+            Err(e @ (Failure::Mail(_) | Failure::Broker(_))) => {
+                // The claim stays; the next flush after the lease retries it as the same digest.
+                report.failed += 1;
+                warn!(digest = %claim.id, recipient = %claim.recipient, error = %e, "digest not sent; will retry");
+            }
+        }
+        Ok(())
+    }
+
+    /// Renders the digest and sends it through the one email path; the Message-ID it went out with.
+    async fn send(&self, claim: &DigestClaim, policy: Option<&DigestPolicy>) -> Result<String, Failure> {
+        let first = claim
+            .items
+            .first()
+            .ok_or_else(|| Failure::Permanent("a digest with no items".into()))?;
+        let how = self.digest_as(claim, policy)?;
         let recipient = &first.delivery.recipient;
         let leads: Vec<_> = claim.items.iter().map(|i| i.event.clone()).collect();
         let email = self
+            .serving
             .templates
-            .render_digest(&policy.template, recipient, &leads)
-            .map_err(|e| e.to_string())?;
-        let id = message_id(
-            &EventId::new(claim.id.clone()),
-            &policy.notification,
-            &recipient.email,
-            self.sender.from.email.domain(),
-        );
-        let unsubscribe = self
-            .rules
-            .notifications
-            .get(&policy.notification)
-            .is_some_and(|n| n.optional)
-            .then_some(self.mail.unsubscribe_url.as_str());
-        let message =
-            build_email(&email, self.sender, recipient, &id, unsubscribe, &claim.id).map_err(|e| e.to_string())?;
-        match self.mailer.stage(message).await {
-            Ok(staged) => Ok((staged, id)),
-            Err(SendError::Transient(e) | SendError::Permanent(e)) => Err(e),
+            .render_digest(how.template, recipient, &leads)
+            .map_err(|e| Failure::Permanent(format!("rendering: {e}")))?;
+        let optional = self.serving.rules.is_optional(how.notification);
+        let d = self.dispatcher;
+        let (message, id) = d
+            .letterhead
+            .compose(&email, how.notification, optional, recipient, &claim.id)?;
+        let record = async {
+            let outcome = DigestOutcome::Sent { message_id: &id };
+            d.store.settle_digest(&claim.id, &outcome, self.clock.now()).await
+        };
+        d.mailer.deliver(message, async { Ok(true) }, record).await?;
+        Ok(id)
+    }
+
+    /// The digest a claim goes out as: its counter's policy; or, when no rule
+    /// defines that counter any more, the digest its items were held for.
+    fn digest_as<'s>(
+        &'s self,
+        claim: &'s DigestClaim,
+        policy: Option<&'s DigestPolicy>,
+    ) -> Result<DigestAs<'s>, Failure> {
+        if let Some(p) = policy {
+            return Ok(DigestAs {
+                notification: &p.notification,
+                template: &p.template,
+            });
         }
+        let held_for = claim.items.iter().find_map(|i| i.delivery.held_for.as_ref());
+        let Some(held_for) = held_for else {
+            return Err(Failure::Permanent(format!(
+                "held for counter `{}`, which no rule defines any more, and no digest recorded with them",
+                claim.key.counter
+            )));
+        };
+        info!(digest = %claim.id, counter = %claim.key.counter, notification = %held_for.notification,
+              "no rule holds this counter any more; sending its held items as the digest they were held for");
+        Ok(DigestAs {
+            notification: &held_for.notification,
+            template: &held_for.template,
+        })
     }
 }
 
-/// Flushes the held groups in `scope` with the worker's current rules,
-/// templates and directory, claiming as `worker`.
-pub async fn flush_for(app: &crate::app::App, worker: &str, scope: Scope) -> Result<FlushReport, StoreError> {
-    let active = app.active();
-    let dir = app.directory().clone();
+/// Flushes the held groups in `scope` with the flow's current serving set and
+/// directory, claiming as `worker` for `lease`.
+pub async fn flush_now(flow: &Flow, worker: &str, lease: Duration, scope: Scope) -> Result<FlushReport, StoreError> {
+    let serving = flow.serving.current();
+    let directory = flow.directory.snapshot();
     let flusher = Flusher {
-        store: &*app.store,
-        rules: &active.rules,
-        templates: &active.templates,
-        directory: &dir,
-        mailer: &app.mailer,
-        mail: &app.settings.mail,
-        sender: &app.sender,
+        dispatcher: &flow.dispatcher,
+        serving: &serving,
+        directory: &directory,
         clock: &SystemClock,
         worker,
-        lease: app.settings.digest.lease,
+        lease,
     };
     flusher.flush(scope).await
 }
 
-/// Runs due flushes every `every` until `shutdown`.
-pub async fn run_periodically(app: Arc<crate::app::App>, every: Duration) {
+/// Runs due flushes every `every` until `shutdown`, with the serving set and
+/// directory current at each tick.
+pub async fn run_periodically(flow: Arc<Flow>, lease: Duration, every: Duration, shutdown: CancellationToken) {
     let worker = format!("{}-{}", hostname(), std::process::id());
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = app.shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let report = flush_for(&app, &worker, Scope::Due).await;
-        match report {
-            Ok(r) if r.digests_sent > 0 || r.failed > 0 => {
-                app.metrics
-                    .digests
-                    .with_label_values(&["sent"])
-                    .inc_by(u64::from(r.digests_sent));
-                app.metrics
-                    .digests
-                    .with_label_values(&["failed"])
-                    .inc_by(u64::from(r.failed));
-                info!(
-                    sent = r.digests_sent,
-                    leads = r.leads_digested,
-                    failed = r.failed,
-                    "digest flush"
-                );
-            }
-            Ok(_) => {}
+        match flush_now(&flow, &worker, lease, Scope::Due).await {
+            Ok(r) => count(&flow.dispatcher.metrics, &r),
             Err(e) => warn!(error = %e, "digest flush failed; retrying at the next tick"),
         }
     }
+}
+
+fn count(metrics: &Metrics, r: &FlushReport) {
+    if r.digests_sent == 0 && r.failed == 0 && r.refused == 0 {
+        return;
+    }
+    for (outcome, n) in [("sent", r.digests_sent), ("failed", r.failed), ("refused", r.refused)] {
+        metrics.digests.with_label_values(&[outcome]).inc_by(u64::from(n));
+    }
+    info!(
+        sent = r.digests_sent,
+        leads = r.leads_digested,
+        failed = r.failed,
+        refused = r.refused,
+        "digest flush"
+    );
 }
 
 /// This host's name, for naming claims.
@@ -256,9 +282,10 @@ pub fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::read_directory;
+    use crate::decode::read_directory;
     use crate::event::PartnerId;
     use crate::route::DigestKey;
+    use crate::route::RuleSet;
     use chrono::NaiveDate;
     use std::path::Path;
 
@@ -282,7 +309,9 @@ mod tests {
     #[test]
     fn due_after_a_flush_interval_or_at_the_partners_midnight() {
         let rules = rules();
-        let (_, policy) = policy(&rules, "contact-me-leads").expect("the shipped digest policy");
+        let (_, policy) = rules
+            .digest_policy("contact-me-leads")
+            .expect("the shipped digest policy");
         assert_eq!(policy.flush_every, Duration::from_secs(3600));
         let dir = read_directory(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/tests/directory.jsonl")).unwrap();
         // Fabrikam is in Los Angeles (UTC-8 in November). Held at 20:00 local on the 20th.

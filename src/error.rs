@@ -35,6 +35,34 @@ pub enum ProcessError {
     Broker(String),
     #[error("another worker holds the event; retry in {0:?}")]
     Busy(Duration),
+    /// A bug met this message; counted, and retried like an outage.
+    #[error("processing panicked: {0}")]
+    Panicked(String),
+}
+
+/// Why one delivery did not go out.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// It never can: the server refused it for good (5xx), or it cannot be
+    /// rendered or built. The delivery is marked failed and not retried.
+    #[error("{0}")]
+    Permanent(String),
+    #[error("mail server: {0}")]
+    Mail(String),
+    #[error("broker: {0}")]
+    Broker(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<Failure> for ProcessError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Permanent(e) | Failure::Mail(e) => ProcessError::Mail(e),
+            Failure::Broker(e) => ProcessError::Broker(e),
+            Failure::Store(e) => ProcessError::Store(e),
+        }
+    }
 }
 
 impl ProcessError {
@@ -44,7 +72,7 @@ impl ProcessError {
                 reason: e.kind().to_string(),
                 detail: e.to_string(),
             },
-            ProcessError::Store(_) | ProcessError::Mail(_) | ProcessError::Broker(_) => {
+            ProcessError::Store(_) | ProcessError::Mail(_) | ProcessError::Broker(_) | ProcessError::Panicked(_) => {
                 Disposition::Retry(self.to_string())
             }
             ProcessError::Busy(wait) => Disposition::Later(*wait),

@@ -14,16 +14,48 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::App;
+use tokio_util::sync::CancellationToken;
 
-pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    let shutdown = app.shutdown.clone();
+use crate::broker::Publisher;
+use crate::config::Http;
+use crate::flow::Flow;
+use crate::serving::Serving;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+/// What the HTTP server reads: the store, the metrics, whether the broker is
+/// connected, the rules (to name suppressing ones), and its own settings.
+pub struct HttpState {
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    publisher: Publisher,
+    serving: Arc<Serving>,
+    settings: Http,
+}
+
+impl HttpState {
+    pub fn new(flow: &Flow, settings: &Http, publisher: Publisher) -> Arc<Self> {
+        Arc::new(Self {
+            store: flow.store.clone(),
+            metrics: flow.metrics.clone(),
+            publisher,
+            serving: flow.serving.clone(),
+            settings: settings.clone(),
+        })
+    }
+}
+
+pub async fn serve(
+    app: Arc<HttpState>,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router(app))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
 
-pub fn router(app: Arc<App>) -> Router {
+pub fn router(app: Arc<HttpState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -36,7 +68,7 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-async fn readyz(State(app): State<Arc<App>>) -> Response {
+async fn readyz(State(app): State<Arc<HttpState>>) -> Response {
     let store = app.store.ping().await.err().map(|e| e.to_string());
     let broker = (!app.publisher.connected()).then(|| "not connected".to_string());
     let ready = store.is_none() && broker.is_none();
@@ -53,7 +85,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+async fn metrics(State(app): State<Arc<HttpState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(),
@@ -87,11 +119,11 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
-impl FromRequestParts<Arc<App>> for User {
+impl FromRequestParts<Arc<HttpState>> for User {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
-        let secret = &app.settings.http.jwt_secret;
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<HttpState>) -> Result<Self, Self::Rejection> {
+        let secret = &app.settings.jwt_secret;
         if secret.is_empty() {
             return Err(unauthorized("the Action Center API is not configured"));
         }
@@ -127,21 +159,21 @@ fn internal(e: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-async fn list(State(app): State<Arc<App>>, User(user): User, Query(q): Query<ListQuery>) -> Response {
+async fn list(State(app): State<Arc<HttpState>>, User(user): User, Query(q): Query<ListQuery>) -> Response {
     match app.store.entries(&user, q.unread, q.limit.clamp(1, 500)).await {
         Ok(entries) => Json(json!({"entries": entries})).into_response(),
         Err(e) => internal(e),
     }
 }
 
-async fn unread(State(app): State<Arc<App>>, User(user): User) -> Response {
+async fn unread(State(app): State<Arc<HttpState>>, User(user): User) -> Response {
     match app.store.unread_count(&user).await {
         Ok(n) => Json(json!({"unread": n})).into_response(),
         Err(e) => internal(e),
     }
 }
 
-async fn read_one(State(app): State<Arc<App>>, User(user): User, Path(id): Path<String>) -> Response {
+async fn read_one(State(app): State<Arc<HttpState>>, User(user): User, Path(id): Path<String>) -> Response {
     match app.store.mark_read(&user, Some(&id)).await {
         Ok(0) => {
             // Unknown, already read, or someone else's: indistinguishable on purpose.
@@ -156,7 +188,7 @@ async fn read_one(State(app): State<Arc<App>>, User(user): User, Path(id): Path<
     }
 }
 
-async fn read_all(State(app): State<Arc<App>>, User(user): User) -> Response {
+async fn read_all(State(app): State<Arc<HttpState>>, User(user): User) -> Response {
     match app.store.mark_read(&user, None).await {
         Ok(n) => Json(json!({"marked": n})).into_response(),
         Err(e) => internal(e),
@@ -166,11 +198,11 @@ async fn read_all(State(app): State<Arc<App>>, User(user): User) -> Response {
 /// An operator: the bearer token equals `http.admin_token`.
 pub struct Operator;
 
-impl FromRequestParts<Arc<App>> for Operator {
+impl FromRequestParts<Arc<HttpState>> for Operator {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
-        let expected = &app.settings.http.admin_token;
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<HttpState>) -> Result<Self, Self::Rejection> {
+        let expected = &app.settings.admin_token;
         if expected.is_empty() {
             return Err(unauthorized("the notification log API is not configured"));
         }
@@ -193,7 +225,7 @@ struct LogQuery {
 }
 
 /// `GET /api/v1/log?event=ID` or `?recipient=EMAIL`: why did (or didn't) they get it.
-async fn notification_log(State(app): State<Arc<App>>, _: Operator, Query(q): Query<LogQuery>) -> Response {
+async fn notification_log(State(app): State<Arc<HttpState>>, _: Operator, Query(q): Query<LogQuery>) -> Response {
     let rows = match (q.event.as_deref(), q.recipient.as_deref()) {
         (Some(id), None) if !id.trim().is_empty() => app.store.log_for_event(id.trim()).await,
         (None, Some(email)) if email.contains('@') => app.store.log_for_recipient(email.trim(), 500).await,
@@ -207,12 +239,12 @@ async fn notification_log(State(app): State<Arc<App>>, _: Operator, Query(q): Qu
     };
     match rows {
         Ok(rows) => {
-            let rules = app.active().rules.clone();
+            let serving = app.serving.current();
             let entries: Vec<_> = rows
                 .iter()
                 .map(|r| {
                     let mut v = serde_json::to_value(r).unwrap_or_default();
-                    v["suppressed_by"] = json!(crate::cli::ops::suppressing(&r.rules, &rules));
+                    v["suppressed_by"] = json!(serving.rules.suppressing(&r.rules));
                     v
                 })
                 .collect();

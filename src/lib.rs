@@ -34,5 +34,6 @@ pub mod flow;
 pub mod http;
 pub mod render;
 pub mod route;
+pub mod serving;
 pub mod store;
 pub mod telemetry;

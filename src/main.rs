@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use referral_router::app::{self, App};
+use referral_router::app::App;
 use referral_router::cli::{self, explain, fixtures, templates};
 use referral_router::config::Settings;
+use referral_router::decode;
 use referral_router::route::{RuleSet, route};
 use referral_router::telemetry;
 
@@ -190,93 +191,20 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { config } => {
-            let settings = Settings::load(config.as_deref())?;
-            telemetry::init_logs(&settings.log);
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime
-                .block_on(async {
-                    let app = App::build(settings).await?;
-                    app::run(app).await
-                })
-                .map_err(anyhow::Error::msg)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Dlq { command } => {
-            let (config, limit) = match &command {
-                DlqCommand::List { config, limit } | DlqCommand::Replay { config, limit, .. } => {
-                    (config.clone(), *limit)
-                }
-            };
-            let settings = Settings::load(config.as_deref())?;
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            let out = runtime
-                .block_on(async {
-                    match &command {
-                        DlqCommand::List { .. } => cli::dlq::list(&settings.amqp, limit).await,
-                        DlqCommand::Replay { reason, .. } => {
-                            cli::dlq::replay(&settings.amqp, reason.as_deref(), limit).await
-                        }
-                    }
-                })
-                .map_err(anyhow::Error::msg)?;
-            print!("{out}");
-            if !out.ends_with('\n') {
-                println!();
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Run { config } => worker(config),
+        Command::Dlq { command } => dlq(command),
         Command::Digest {
             command: DigestCommand::Flush { config },
-        } => {
-            let settings = Settings::load(config.as_deref())?;
-            telemetry::init_logs(&settings.log);
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            let outcome = runtime.block_on(async {
-                let app = App::build(settings).await?;
-                cli::ops::digest_flush(&app).await
-            });
-            match outcome {
-                Ok(summary) => {
-                    println!("{summary}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
+        } => digest_flush(config),
         Command::Log {
             event,
             recipient,
             json,
             config,
-        } => {
-            let settings = Settings::load(config.as_deref())?;
-            let query = match (event, recipient) {
-                (Some(id), _) => cli::ops::LogQuery::Event(id),
-                (None, Some(email)) => cli::ops::LogQuery::Recipient(email),
-                (None, None) => anyhow::bail!("give --event ID or --recipient EMAIL"),
-            };
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            let (text, rows) = runtime
-                .block_on(async {
-                    let app = App::build(settings).await?;
-                    cli::ops::log(&app, &query).await
-                })
-                .map_err(anyhow::Error::msg)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows).context("printing the log")?);
-            } else {
-                print!("{text}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => log(event, recipient, json, config),
         Command::Publish { files, config } => {
             let settings = Settings::load(config.as_deref())?;
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            let n = runtime
+            let n = runtime()?
                 .block_on(cli::publish::run(&settings.amqp, &files))
                 .map_err(anyhow::Error::msg)?;
             println!("published {n} event(s) to {}", settings.amqp.exchange);
@@ -284,16 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rules {
             command: RulesCommand::Check { dir, templates },
-        } => match cli::rules_check(&dir, &templates) {
-            Ok(summary) => {
-                println!("{summary}");
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(errors) => {
-                eprintln!("{errors}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        } => report(cli::rules_check(&dir, &templates)),
         Command::Rules {
             command: RulesCommand::Test { dir },
         } => {
@@ -325,39 +244,113 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             templates: &templates_dir,
             rules: &rules,
         })),
-        Command::Explain {
-            event,
-            directory,
-            rules,
-            json,
-            receiver_status,
-            referral_status,
-            digest_position,
-        } => {
-            let rules = RuleSet::load_dir(&rules).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let event = cli::read_event(&event).map_err(anyhow::Error::msg)?;
-            let dir = match directory {
-                Some(path) => cli::read_directory(&path).map_err(anyhow::Error::msg)?,
-                None => Default::default(),
-            };
-            let state = cli::seeded_state(
-                &event,
-                &rules,
-                &dir,
-                receiver_status.as_deref(),
-                referral_status.as_deref(),
-                digest_position,
-            );
-            let plan = route(&event, &rules, &dir, &state);
-            if json {
-                let out = explain::to_json(&event, &rules, &plan);
-                println!("{}", serde_json::to_string_pretty(&out).context("printing the plan")?);
-            } else {
-                print!("{}", explain::to_text(&event, &rules, &plan));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Explain { .. } => explain(cli.command),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("starting the async runtime")
+}
+
+/// `run`: the worker, until SIGTERM.
+fn worker(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(config.as_deref())?;
+    telemetry::init_logs(&settings.log);
+    runtime()?.block_on(async { App::build(settings).await?.run().await })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let (config, limit) = match &command {
+        DlqCommand::List { config, limit } | DlqCommand::Replay { config, limit, .. } => (config.clone(), *limit),
+    };
+    let settings = Settings::load(config.as_deref())?;
+    let out = runtime()?
+        .block_on(async {
+            match &command {
+                DlqCommand::List { .. } => cli::dlq::list(&settings.amqp, limit).await,
+                DlqCommand::Replay { reason, .. } => cli::dlq::replay(&settings.amqp, reason.as_deref(), limit).await,
+            }
+        })
+        .map_err(anyhow::Error::msg)?;
+    print!("{out}");
+    if !out.ends_with('\n') {
+        println!();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn digest_flush(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(config.as_deref())?;
+    telemetry::init_logs(&settings.log);
+    let outcome = runtime()?.block_on(async {
+        let app = App::build(settings).await.map_err(|e| e.to_string())?;
+        cli::ops::digest_flush(&app).await
+    });
+    report(outcome)
+}
+
+fn log(
+    event: Option<String>,
+    recipient: Option<String>,
+    json: bool,
+    config: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(config.as_deref())?;
+    let query = match (event, recipient) {
+        (Some(id), _) => cli::ops::LogQuery::Event(id),
+        (None, Some(email)) => cli::ops::LogQuery::Recipient(email),
+        (None, None) => anyhow::bail!("give --event ID or --recipient EMAIL"),
+    };
+    let (text, rows) = runtime()?
+        .block_on(async {
+            let app = App::build(settings).await.map_err(|e| e.to_string())?;
+            cli::ops::log(&app, &query).await
+        })
+        .map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows).context("printing the log")?);
+    } else {
+        print!("{text}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain(command: Command) -> anyhow::Result<ExitCode> {
+    let Command::Explain {
+        event,
+        directory,
+        rules,
+        json,
+        receiver_status,
+        referral_status,
+        digest_position,
+    } = command
+    else {
+        unreachable!("called for explain only");
+    };
+    let rules = RuleSet::load_dir(&rules).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let event = decode::read_event(&event).map_err(anyhow::Error::msg)?;
+    let dir = match directory {
+        Some(path) => decode::read_directory(&path).map_err(anyhow::Error::msg)?,
+        None => Default::default(),
+    };
+    let state = cli::seeded_state(
+        &event,
+        &rules,
+        &dir,
+        receiver_status.as_deref(),
+        referral_status.as_deref(),
+        digest_position,
+    );
+    let plan = route(&event, &rules, &dir, &state);
+    if json {
+        let out = explain::to_json(&event, &rules, &plan);
+        println!("{}", serde_json::to_string_pretty(&out).context("printing the plan")?);
+    } else {
+        print!("{}", explain::to_text(&event, &rules, &plan));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints a tool's report: the text on success, the errors on failure.

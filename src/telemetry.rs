@@ -1,21 +1,72 @@
 //! Telemetry: structured logs (text or JSON) and the Prometheus metrics the
 //! flow updates at each step.
 
+use std::io::{IsTerminal, Write};
+
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::config::{Log, LogFormat};
 
-/// Starts logging; `RUST_LOG` wins over `log.level` when set.
+/// Starts logging to stderr; `RUST_LOG` wins over `log.level` when set.
+/// Colours only when stderr is a terminal. A log line that cannot be
+/// written (stderr closed, a full pipe whose reader left) is dropped: logging
+/// never stops or fails the work it describes.
 pub fn init_logs(log: &Log) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false)
+        .with_writer(|| Lossy(std::io::stderr()));
     let _ = match log.format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// A writer whose failures are swallowed.
+struct Lossy<W>(W);
+
+impl<W: Write> Write for Lossy<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(self.0.write(buf).unwrap_or(buf.len()))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
+}
+
+fn latency(registry: &Registry) -> Histogram {
+    let latency = Histogram::with_opts(
+        HistogramOpts::new(
+            "router_processing_seconds",
+            "Time from receiving a message to settling it.",
+        )
+        .buckets(vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ]),
+    )
+    .expect("valid metric");
+    registry.register(Box::new(latency.clone())).expect("unique metric");
+    latency
+}
+
+fn rules_info(registry: &Registry) -> IntGaugeVec {
+    let rules = IntGaugeVec::new(
+        Opts::new("router_rules_info", "The active rule set: 1 for its hash."),
+        &["hash"],
+    )
+    .expect("valid metric");
+    registry.register(Box::new(rules.clone())).expect("unique metric");
+    rules
+}
+
+fn connected(registry: &Registry) -> IntGauge {
+    let gauge = IntGauge::new("router_broker_connected", "1 while consuming from the broker.").expect("valid metric");
+    registry.register(Box::new(gauge.clone())).expect("unique metric");
+    gauge
 }
 
 /// Every metric the worker exports.
@@ -34,6 +85,7 @@ pub struct Metrics {
     pub rules: IntGaugeVec,
     pub broker_connected: IntGauge,
     pub digests: IntCounterVec,
+    pub panics: IntCounter,
 }
 
 impl Metrics {
@@ -71,7 +123,7 @@ impl Metrics {
         );
         let digests = counter_vec(
             "router_digests_total",
-            "Digest emails by outcome: sent, or failed (retried at a later flush).",
+            "Digest emails by outcome: sent, failed (retried at a later flush), or refused (for good).",
             &["outcome"],
         );
         let retries = counter("router_retries_total", "Transient failures retried after a backoff.");
@@ -80,28 +132,11 @@ impl Metrics {
             "Messages finished with the broker: ack, dead_letter or requeue.",
             &["outcome"],
         );
-        let latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "router_processing_seconds",
-                "Time from receiving a message to settling it.",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-            ]),
-        )
-        .expect("valid metric");
-        registry.register(Box::new(latency.clone())).expect("unique metric");
-        let rules = IntGaugeVec::new(
-            Opts::new("router_rules_info", "The active rule set: 1 for its hash."),
-            &["hash"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(rules.clone())).expect("unique metric");
-        let broker_connected =
-            IntGauge::new("router_broker_connected", "1 while consuming from the broker.").expect("valid metric");
-        registry
-            .register(Box::new(broker_connected.clone()))
-            .expect("unique metric");
+        let panics = counter(
+            "router_panics_total",
+            "Panics caught while processing a message (each retried like an outage).",
+        );
+        let (latency, rules, broker_connected) = (latency(&registry), rules_info(&registry), connected(&registry));
         Self {
             registry,
             consumed,
@@ -116,6 +151,7 @@ impl Metrics {
             rules,
             broker_connected,
             digests,
+            panics,
         }
     }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use referral_router::cli::{read_directory, read_event, read_jsonl};
+use referral_router::decode::{read_directory, read_event, read_jsonl};
 use referral_router::directory::Directory;
 use referral_router::event::Event;
 use referral_router::route::{Decision, MemoryState, Plan, RuleSet, route};

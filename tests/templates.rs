@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use mail_parser::{HeaderName, MessageParser, MimeHeaders};
-use referral_router::cli::{self, read_directory, read_event};
+use referral_router::cli;
+use referral_router::decode::{read_directory, read_event};
 use referral_router::event::{EmailAddress, Event};
 use referral_router::render::{RenderOptions, Rendered, RenderedEmail, Sender, Templates, build_email, message_id};
 use referral_router::route::rules::Channel;
@@ -142,16 +143,7 @@ fn person(name: &str, email: &str, locale: &str) -> Recipient {
 }
 
 fn delivery(notification: &str, channel: Channel, recipient: Recipient) -> Delivery {
-    Delivery {
-        notification: notification.into(),
-        template: notification.into(),
-        channel,
-        recipient,
-        decision: Decision::Send,
-        rules: Vec::new(),
-        receiver: None,
-        digest: None,
-    }
+    Delivery::stand_in(notification, channel, recipient, None)
 }
 
 fn sender() -> Sender {

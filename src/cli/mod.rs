@@ -11,45 +11,10 @@ pub mod templates;
 
 use std::path::Path;
 
-use crate::decode::decode_structured;
+use crate::decode::{read_directory, read_event, read_jsonl};
 use crate::directory::Directory;
 use crate::event::Event;
 use crate::route::RuleSet;
-
-/// Reads a file of events, one CloudEvent per line (blank lines and `#` comments skipped).
-pub fn read_jsonl(path: &Path) -> Result<Vec<Event>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut events = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let event = decode_structured(line.as_bytes()).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
-        events.push(event);
-    }
-    Ok(events)
-}
-
-/// Reads one event file (a single structured CloudEvent).
-pub fn read_event(path: &Path) -> Result<Event, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    decode_structured(&bytes).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Reads a directory file and builds the directory from it.
-pub fn read_directory(path: &Path) -> Result<Directory, String> {
-    let events = read_jsonl(path)?;
-    if let Some(other) = events.iter().find(|e| !e.event_type.as_str().starts_with("directory.")) {
-        return Err(format!(
-            "{}: event {} is a {}, not a directory event",
-            path.display(),
-            other.id,
-            other.event_type
-        ));
-    }
-    Ok(Directory::from_events(&events))
-}
 
 /// `rules check`: load and validate, including that every template a rule
 /// names exists in `templates`; the summary on success, every error on failure.

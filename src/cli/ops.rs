@@ -4,17 +4,22 @@
 use std::fmt::Write;
 
 use crate::app::App;
-use crate::digest::{Scope, flush_for, hostname};
+use crate::digest::{Scope, flush_now, hostname};
 use crate::route::RuleSet;
 use crate::store::LogEntry;
 
 /// Flushes every held digest now (due or not) and says what it did.
 pub async fn digest_flush(app: &App) -> Result<String, String> {
     let worker = format!("flush-{}-{}", hostname(), std::process::id());
-    let r = flush_for(app, &worker, Scope::All).await.map_err(|e| e.to_string())?;
+    let r = flush_now(&app.flow, &worker, app.settings.digest.lease, Scope::All)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut out = format!("digests sent: {}, leads digested: {}", r.digests_sent, r.leads_digested);
     if r.busy > 0 {
         let _ = write!(out, ", being flushed elsewhere: {}", r.busy);
+    }
+    if r.refused > 0 {
+        let _ = write!(out, ", refused for good (marked failed): {}", r.refused);
     }
     if r.failed > 0 {
         let _ = write!(out, ", failed (kept for the next flush): {}", r.failed);
@@ -32,24 +37,11 @@ pub enum LogQuery {
 /// happened and which rules decided it.
 pub async fn log(app: &App, query: &LogQuery) -> Result<(String, Vec<LogEntry>), String> {
     let rows = match query {
-        LogQuery::Event(id) => app.store.log_for_event(id).await,
-        LogQuery::Recipient(email) => app.store.log_for_recipient(email, 500).await,
+        LogQuery::Event(id) => app.flow.store.log_for_event(id).await,
+        LogQuery::Recipient(email) => app.flow.store.log_for_recipient(email, 500).await,
     }
     .map_err(|e| e.to_string())?;
-    Ok((log_text(&rows, &app.active().rules), rows))
-}
-
-/// The rules among `ids` that suppress.
-pub fn suppressing<'a>(ids: &'a [String], rules: &RuleSet) -> Vec<&'a str> {
-    ids.iter()
-        .filter(|id| {
-            rules
-                .rules
-                .iter()
-                .any(|r| &r.id == *id && matches!(r.action, crate::route::rules::Action::Suppress(_)))
-        })
-        .map(String::as_str)
-        .collect()
+    Ok((log_text(&rows, &app.flow.serving.current().rules), rows))
 }
 
 /// Renders log rows for people.
@@ -60,7 +52,7 @@ pub fn log_text(rows: &[LogEntry], rules: &RuleSet) -> String {
     let mut out = String::new();
     for r in rows {
         let why = match r.status {
-            crate::store::LogStatus::Suppressed => format!("suppressed by {}", suppressing(&r.rules, rules).join(", ")),
+            crate::store::LogStatus::Suppressed => format!("suppressed by {}", rules.suppressing(&r.rules).join(", ")),
             crate::store::LogStatus::Held => format!("held for a digest by {}", r.rules.join(", ")),
             crate::store::LogStatus::Digested => format!(
                 "sent in digest {} ({})",

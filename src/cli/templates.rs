@@ -19,14 +19,14 @@ pub const PREVIEW_PORTAL: &str = "https://partner.example";
 /// Loads rules and templates the way the worker does, with the examples;
 /// the template author's tools insist on having examples to render.
 pub fn load(templates_dir: &Path, rules_dir: &Path) -> Result<(RuleSet, Templates, usize), String> {
-    let set = render::load_serving_set(templates_dir, rules_dir, PREVIEW_PORTAL)?;
-    if set.2 == 0 {
+    let set = crate::serving::ServingSet::load(rules_dir, templates_dir, PREVIEW_PORTAL).map_err(|e| e.to_string())?;
+    if set.examples == 0 {
         return Err(format!(
             "no example events in {}",
             rules_dir.join("tests/events").display()
         ));
     }
-    Ok(set)
+    Ok((set.rules, set.templates, set.examples))
 }
 
 /// `templates check`: the summary on success, every error (`file:line:column: ...`) on failure.

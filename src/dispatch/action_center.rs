@@ -2,13 +2,37 @@
 //! it) and published as JSON to the portal's exchange with a publisher confirm.
 
 use chrono::Utc;
+use lapin::BasicProperties;
 use sha2::{Digest, Sha256};
 
+use crate::broker::Publisher;
+use crate::error::Failure;
 use crate::event::Event;
 use crate::render::RenderedEntry;
 use crate::route::Delivery;
 use crate::route::rules::ActionCenterSpec;
-use crate::store::ActionCenterEntry;
+use crate::store::{ActionCenterEntry, Store};
+
+/// Stores the entry (the HTTP API reads it), then publishes it to `exchange`
+/// under `CATEGORY.NOTIFICATION` and waits for the broker's confirm. Both are
+/// idempotent by the entry's id.
+pub async fn publish(
+    store: &dyn Store,
+    publisher: &Publisher,
+    exchange: &str,
+    entry: &ActionCenterEntry,
+) -> Result<(), Failure> {
+    store.put_entry(entry).await?;
+    let payload = serde_json::to_vec(entry).unwrap_or_default();
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_message_id(entry.id.as_str().into());
+    let key = format!("{}.{}", entry.category, entry.notification);
+    publisher
+        .publish(exchange, &key, &payload, props)
+        .await
+        .map_err(Failure::Broker)
+}
 
 /// The entry's id: stable for (event, notification, recipient), so storing or
 /// publishing it twice is recognisable as the same entry.

@@ -1,12 +1,13 @@
 //! Email out: rendered MIME messages sent over pooled SMTP connections, or
 //! written as `.eml` files when no SMTP host is configured.
 //!
-//! A send has two steps. [`Mailer::stage`] takes a connection and does the
-//! envelope (`MAIL`, `RCPT`, `DATA`); many are staged at once, up to
-//! `smtp.pool_max_size`. [`Staged::finish`] sends the content and waits for
-//! the server to accept it; callers hold a [`Mailer::turn`] across it and
-//! the record that it went out, so at most `smtp.max_in_flight` messages are
-//! ever accepted by the server but not yet recorded.
+//! [`Mailer::deliver`] is the one way an email goes out, for events and
+//! digests alike: stage the envelope (`MAIL`, `RCPT`, `DATA`; many at once, up
+//! to `smtp.pool_max_size`), take a turn, check the send is still this
+//! worker's, send the content, and record it before giving the turn back, so
+//! at most `smtp.max_in_flight` messages are ever accepted by the server but
+//! not yet recorded. [`Letterhead::compose`] turns a rendered email into the
+//! MIME message, the same way for both.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -20,6 +21,11 @@ use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::{Smtp, SmtpTls};
+use crate::error::Failure;
+use crate::event::EventId;
+use crate::render::{RenderedEmail, Sender, build_email, message_id};
+use crate::route::Recipient;
+use crate::store::StoreError;
 
 /// Why a message did not go out.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +38,15 @@ pub enum SendError {
     Permanent(String),
 }
 
+impl From<SendError> for Failure {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Transient(e) => Failure::Mail(e),
+            SendError::Permanent(e) => Failure::Permanent(e),
+        }
+    }
+}
+
 impl From<lettre::transport::smtp::Error> for SendError {
     fn from(e: lettre::transport::smtp::Error) -> Self {
         if e.is_permanent() {
@@ -39,6 +54,48 @@ impl From<lettre::transport::smtp::Error> for SendError {
         } else {
             Self::Transient(e.to_string())
         }
+    }
+}
+
+/// How a [`Mailer::deliver`] ended that was not a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivered {
+    /// The server accepted it, and it is recorded.
+    Sent,
+    /// Another worker took the send over while this one waited; not sent here.
+    TakenOver,
+}
+
+/// What every email of the router carries besides its content: who it is
+/// from, and where an optional one is unsubscribed from.
+#[derive(Clone, Debug)]
+pub struct Letterhead {
+    pub sender: Sender,
+    pub unsubscribe_url: String,
+}
+
+impl Letterhead {
+    /// The MIME message for `email` to `to`, and its Message-ID, stable for
+    /// (`cause`, `notification`, recipient). `optional` notifications carry
+    /// `List-Unsubscribe`.
+    pub fn compose(
+        &self,
+        email: &RenderedEmail,
+        notification: &str,
+        optional: bool,
+        to: &Recipient,
+        cause: &str,
+    ) -> Result<(Message, String), Failure> {
+        let id = message_id(
+            &EventId::new(cause),
+            notification,
+            &to.email,
+            self.sender.from.email.domain(),
+        );
+        let unsubscribe = optional.then_some(self.unsubscribe_url.as_str());
+        let message = build_email(email, &self.sender, to, &id, unsubscribe, cause)
+            .map_err(|e| Failure::Permanent(e.to_string()))?;
+        Ok((message, id))
     }
 }
 
@@ -72,8 +129,30 @@ impl Mailer {
         })
     }
 
+    /// Sends `message`: stages it, takes a turn, asks `still_ours` whether it
+    /// may still go (`false`: another worker took it over; nothing is sent),
+    /// sends the content and runs `record` before the turn is given back.
+    /// Both are futures, run only when their step comes.
+    pub async fn deliver(
+        &self,
+        message: Message,
+        still_ours: impl Future<Output = Result<bool, StoreError>>,
+        record: impl Future<Output = Result<(), StoreError>>,
+    ) -> Result<Delivered, Failure> {
+        let staged = self.stage(message).await?;
+        let turn = self.turn().await?;
+        // Staging and the wait for a turn can be long: the send must still be ours.
+        if !still_ours.await? {
+            return Ok(Delivered::TakenOver);
+        }
+        staged.finish().await?;
+        record.await?;
+        drop(turn);
+        Ok(Delivered::Sent)
+    }
+
     /// A turn to finish a send: hold it until the send is recorded.
-    pub async fn turn(&self) -> Result<SemaphorePermit<'_>, SendError> {
+    async fn turn(&self) -> Result<SemaphorePermit<'_>, SendError> {
         self.in_flight
             .acquire()
             .await
@@ -81,7 +160,7 @@ impl Mailer {
     }
 
     /// Takes a connection and sends the envelope; the content follows with [`Staged::finish`].
-    pub async fn stage(&self, message: Message) -> Result<Staged<'_>, SendError> {
+    async fn stage(&self, message: Message) -> Result<Staged<'_>, SendError> {
         match &self.transport {
             Transport::Smtp(pool) => pool.stage(message).await,
             Transport::Files(files) => Ok(Staged::File { files, message }),
@@ -91,7 +170,7 @@ impl Mailer {
 
 /// A message whose envelope the server has taken, waiting to send its content.
 /// Dropped unfinished, its connection is closed and the server discards it.
-pub enum Staged<'a> {
+enum Staged<'a> {
     Smtp {
         pool: &'a Pool,
         connection: Box<AsyncSmtpConnection>,
@@ -106,7 +185,7 @@ pub enum Staged<'a> {
 
 impl Staged<'_> {
     /// Sends the content; `Ok` once the server has accepted the message.
-    pub async fn finish(self) -> Result<(), SendError> {
+    async fn finish(self) -> Result<(), SendError> {
         match self {
             Staged::Smtp {
                 pool,
@@ -132,7 +211,7 @@ impl Staged<'_> {
 /// for a connection. Plain and STARTTLS connections are opened with
 /// `TCP_NODELAY`: the content and its final dot go out as two writes, and
 /// without it the second waits for the server's delayed acknowledgement.
-pub struct Pool {
+struct Pool {
     host: String,
     port: u16,
     tls: SmtpTls,

@@ -19,6 +19,18 @@ pub struct Sender {
     pub reply_to: Option<Mailbox>,
 }
 
+impl Sender {
+    /// `mail.from` and `mail.reply_to` as mailboxes.
+    pub fn from_settings(mail: &crate::config::Mail) -> Result<Self, String> {
+        let from = mail.from.parse().map_err(|e| format!("mail.from: {e}"))?;
+        let reply_to = mail.reply_to.parse().map_err(|e| format!("mail.reply_to: {e}"))?;
+        Ok(Self {
+            from,
+            reply_to: Some(reply_to),
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
     #[error("`{0}` cannot be used as a mail address: {1}")]

@@ -257,24 +257,5 @@ pub fn example_events(rules_dir: &Path) -> Result<Vec<Event>, String> {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     files.sort();
-    files.iter().map(|f| crate::cli::read_event(f)).collect()
-}
-
-/// The set a worker serves with: the rules, and the templates checked
-/// against them (rendered against the example events when there are any).
-/// Returns how many examples were rendered, too.
-pub fn load_serving_set(
-    templates_dir: &Path,
-    rules_dir: &Path,
-    portal_base_url: &str,
-) -> Result<(RuleSet, Templates, usize), String> {
-    let rules = RuleSet::load_dir(rules_dir).map_err(|e| format!("rules: {e}"))?;
-    let examples = example_events(rules_dir)?;
-    let count = examples.len();
-    let options = RenderOptions {
-        portal_base_url: portal_base_url.into(),
-        examples,
-    };
-    let templates = Templates::load(templates_dir, &rules, options).map_err(|e| format!("templates: {e}"))?;
-    Ok((rules, templates, count))
+    files.iter().map(|f| crate::decode::read_event(f)).collect()
 }

@@ -3,6 +3,7 @@
 //! [`route`] is a pure function of the event, a directory view and a state
 //! view: no I/O, so `rules test`, `explain` and the worker all run the same code.
 
+mod lookup;
 pub mod model;
 pub mod path;
 pub mod rules;
@@ -53,6 +54,17 @@ pub struct Delivery {
     pub receiver: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<DigestKey>,
+    /// For a held delivery, the digest it waits for: kept with it, so it is
+    /// still sent as that digest if its rule changes meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_for: Option<HeldFor>,
+}
+
+/// The digest notification and template a held delivery goes out in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct HeldFor {
+    pub notification: String,
+    pub template: String,
 }
 
 impl Delivery {
@@ -73,6 +85,7 @@ impl Delivery {
             rules: Vec::new(),
             receiver: receiver.map(|r| serde_json::to_value(r).unwrap_or_default()),
             digest: None,
+            held_for: None,
         }
     }
 }
@@ -223,6 +236,10 @@ impl<'a> Router<'a> {
                         rules: vec![rule.id.clone()],
                         receiver: receiver.clone(),
                         digest: held.map(|(k, _, _)| k.clone()),
+                        held_for: held.and(n.digest.as_ref()).map(|p| HeldFor {
+                            notification: p.notification.clone(),
+                            template: p.template.clone(),
+                        }),
                     },
                     scope,
                 ));
@@ -258,6 +275,7 @@ impl<'a> Router<'a> {
                 if names.contains(&d.notification) && (scope.is_none() || scope == *d_scope) {
                     d.decision = Decision::Suppress;
                     d.digest = None;
+                    d.held_for = None;
                     if !d.rules.contains(&rule.id) {
                         d.rules.push(rule.id.clone());
                     }
@@ -292,6 +310,7 @@ fn dedupe(deliveries: impl Iterator<Item = Delivery>) -> Vec<Delivery> {
                 if rank(&d.decision) > rank(&existing.decision) {
                     existing.decision = d.decision;
                     existing.digest = d.digest;
+                    existing.held_for = d.held_for;
                 }
             }
         }

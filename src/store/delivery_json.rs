@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::event::{EmailAddress, PartnerId, UserId};
 use crate::route::rules::Channel;
-use crate::route::{Decision, Delivery, DigestKey, Recipient};
+use crate::route::{Decision, Delivery, DigestKey, HeldFor, Recipient};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StoredDelivery {
@@ -24,6 +24,9 @@ pub struct StoredDelivery {
     time_zone: Option<String>,
     receiver: Option<Value>,
     digest: Option<(String, PartnerId, NaiveDate)>,
+    /// Absent in deliveries stored before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    held_for: Option<HeldFor>,
 }
 
 impl From<&Delivery> for StoredDelivery {
@@ -47,6 +50,7 @@ impl From<&Delivery> for StoredDelivery {
             time_zone: d.recipient.time_zone.clone(),
             receiver: d.receiver.clone(),
             digest: d.digest.as_ref().map(|k| (k.counter.clone(), k.partner.clone(), k.day)),
+            held_for: d.held_for.clone(),
         }
     }
 }
@@ -75,6 +79,7 @@ impl From<StoredDelivery> for Delivery {
             digest: s
                 .digest
                 .map(|(counter, partner, day)| DigestKey { counter, partner, day }),
+            held_for: s.held_for,
         }
     }
 }

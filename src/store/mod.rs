@@ -161,6 +161,13 @@ pub struct DigestClaim {
     pub attempt: u32,
 }
 
+/// How a claimed digest ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DigestOutcome<'a> {
+    Sent { message_id: &'a str },
+    Failed { error: &'a str },
+}
+
 /// One row of the notification log: what happened to one planned delivery.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LogEntry {
@@ -183,16 +190,24 @@ pub struct LogEntry {
 /// Computes the plan once the digest positions of this event are known.
 pub type Planner<'a> = &'a (dyn Fn(&[(DigestKey, u32)]) -> Plan + Send + Sync);
 
-/// The worker's state, behind one interface.
+/// The worker's state, one trait per concern; [`Store`] is all of them.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: DirectoryStore + EventStore + EntryStore + DigestStore + LogStore {
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+}
 
+/// The directory as every worker recorded it.
+#[async_trait]
+pub trait DirectoryStore: Send + Sync {
     /// The directory events stored (by any worker) after `after`, oldest first;
     /// `after = 0` gives the whole directory. Cheap when nothing changed.
     async fn directory_changes(&self, after: i64) -> Result<DirectoryChanges, StoreError>;
+}
 
+/// Events: admission, the claims on their deliveries, and what became of each.
+#[async_trait]
+pub trait EventStore: Send + Sync {
     /// The statuses routing reads for the event's referral.
     async fn state_for(&self, event: &Event) -> Result<MemoryState, StoreError>;
 
@@ -230,7 +245,11 @@ pub trait Store: Send + Sync {
     /// Marks the event done if none of its deliveries is still pending; false
     /// when one is (another worker claimed it and is sending it).
     async fn complete(&self, event_id: &str) -> Result<bool, StoreError>;
+}
 
+/// The Action Center entries the HTTP API serves.
+#[async_trait]
+pub trait EntryStore: Send + Sync {
     /// Stores an entry; storing the same id again changes nothing.
     async fn put_entry(&self, entry: &ActionCenterEntry) -> Result<(), StoreError>;
 
@@ -241,7 +260,11 @@ pub trait Store: Send + Sync {
 
     /// Marks the user's entries read (one, or all when `id` is `None`); returns how many changed.
     async fn mark_read(&self, user: &str, id: Option<&str>) -> Result<u64, StoreError>;
+}
 
+/// Held deliveries and the digests that send them.
+#[async_trait]
+pub trait DigestStore: Send + Sync {
     /// Recipients with held deliveries not yet in a sent digest.
     async fn held_groups(&self) -> Result<Vec<HeldGroup>, StoreError>;
 
@@ -257,9 +280,20 @@ pub trait Store: Send + Sync {
         lease_until: DateTime<Utc>,
     ) -> Result<Option<DigestClaim>, StoreError>;
 
-    /// The digest went out: its items are digested, in the log too.
-    async fn digest_sent(&self, digest_id: &str, message_id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// The digest is settled: sent (its items are digested, in the log too),
+    /// or failed for good (its items are failed, in the log too, and never
+    /// claimed again).
+    async fn settle_digest(
+        &self,
+        digest_id: &str,
+        outcome: &DigestOutcome<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+}
 
+/// The notification log: what happened to every planned delivery.
+#[async_trait]
+pub trait LogStore: Send + Sync {
     /// The notification log of one event.
     async fn log_for_event(&self, event_id: &str) -> Result<Vec<LogEntry>, StoreError>;
 

@@ -171,3 +171,14 @@ pub fn held_row<'a>(
         })
         .and_then(|r| r.delivery.digest.as_ref().map(|key| (key, r.delivery)))
 }
+
+/// A digest settlement as stored: the digest's status, its items' log
+/// status, and the Message-ID or error their log rows carry.
+pub fn digest_settlement<'a>(
+    outcome: &super::DigestOutcome<'a>,
+) -> (&'static str, &'static str, Option<&'a str>, Option<&'a str>) {
+    match *outcome {
+        super::DigestOutcome::Sent { message_id } => ("sent", "digested", Some(message_id), None),
+        super::DigestOutcome::Failed { error } => ("failed", "failed", None, Some(error)),
+    }
+}

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::support::{self, Backend, Broker, SmtpSink, Worker, example, on_both_backends};
+use crate::support::{self, Backend, Broker, SmtpSink, Worker, example, fs, on_both_backends};
 
 on_both_backends!(
     twenty_five_leads_give_ten_emails_then_digests_of_exactly_the_other_fifteen,
@@ -13,6 +13,9 @@ on_both_backends!(
     a_flush_killed_mid_send_is_taken_over_and_every_lead_arrives_once,
     the_worker_flushes_a_finished_day_by_itself,
     expiring_after_accepted_is_suppressed_and_the_log_names_the_rule,
+    held_leads_survive_a_rule_change_that_renames_their_counter,
+    held_leads_survive_a_rule_change_that_removes_the_digest,
+    a_permanently_refused_digest_recipient_is_marked_failed_and_not_retried,
 );
 
 const RECIPIENTS: [&str; 3] = [
@@ -331,5 +334,126 @@ async fn expiring_after_accepted_is_suppressed_and_the_log_names_the_rule(backen
     .await
     .unwrap();
     assert_eq!(status, 400);
+    broker.cleanup().await;
+}
+
+/// Twelve of Fabrikam's leads on one day: ten go out one by one to each
+/// recipient and two are held.
+async fn twelve_leads(broker: &Broker, smtp: &SmtpSink, worker: &Worker) {
+    let dir = support::directory_events().len();
+    for n in 1..=12 {
+        let time = format!("2026-11-20T17:{:02}:00Z", n * 2);
+        broker.publish(&lead(n, &time, &format!("Company-{n:02}"))).await;
+    }
+    worker.wait_settled(dir + 12, Duration::from_secs(60)).await;
+    smtp.wait_for(30, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(smtp.messages().len(), 30, "ten single emails each");
+}
+
+/// Starts a worker on a copy of the shipped rules; the copy's folder.
+async fn start_on_copied_rules(name: &str, backend: Backend) -> (Broker, SmtpSink, Worker, tempfile::TempDir) {
+    let copy = tempfile::tempdir().unwrap();
+    fs::copy_dir(&support::root().join("rules"), copy.path());
+    let dir = copy.path().display().to_string();
+    let (broker, smtp, worker) = start(name, backend, &[("ROUTER__RULES__DIR", dir.as_str())]).await;
+    (broker, smtp, worker, copy)
+}
+
+/// After the rules changed under held leads: the next flush sends each
+/// recipient the two held leads, once, as the digest they were held for.
+fn assert_held_leads_still_arrive_once(smtp: &SmtpSink, worker: &Worker) {
+    let text = flush(worker);
+    assert!(
+        text.contains("digests sent: 3, leads digested: 6"),
+        "{text}\n{}",
+        worker.logs()
+    );
+    let mail = sorted_mail(smtp);
+    for recipient in RECIPIENTS {
+        let (single, digests) = &mail[recipient];
+        assert_eq!(single.len(), 10, "{recipient}: {single:?}");
+        assert_eq!(
+            digests,
+            &[vec!["Company-11".to_string(), "Company-12".to_string()]],
+            "{recipient}"
+        );
+    }
+    assert!(flush(worker).contains("digests sent: 0"));
+    assert_eq!(smtp.messages().len(), 33);
+    let log = worker.cli(&["log", "--event", "evt-lead-11"]);
+    let text = String::from_utf8_lossy(&log.stdout);
+    assert_eq!(text.matches("sent in digest").count(), 3, "{text}");
+}
+
+async fn held_leads_survive_a_rule_change_that_renames_their_counter(backend: Backend) {
+    let _gate = support::shared().await;
+    let (broker, smtp, worker, rules) = start_on_copied_rules("digestrename", backend).await;
+    twelve_leads(&broker, &smtp, &worker).await;
+    let file = rules.path().join("leads.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("counter: contact-me-leads\n"));
+    std::fs::write(
+        &file,
+        text.replace("counter: contact-me-leads\n", "counter: contact-me-leads-v2\n"),
+    )
+    .unwrap();
+    assert_held_leads_still_arrive_once(&smtp, &worker);
+    broker.cleanup().await;
+}
+
+async fn held_leads_survive_a_rule_change_that_removes_the_digest(backend: Backend) {
+    let _gate = support::shared().await;
+    let (broker, smtp, worker, rules) = start_on_copied_rules("digestgone", backend).await;
+    twelve_leads(&broker, &smtp, &worker).await;
+    let file = rules.path().join("leads.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .scan(false, |in_digest, line| {
+            if line.trim_start().starts_with("digest:") {
+                *in_digest = true;
+            } else if *in_digest && !line.starts_with("      ") {
+                *in_digest = false;
+            }
+            Some((!*in_digest).then_some(line))
+        })
+        .flatten()
+        .collect();
+    assert!(kept.len() < text.lines().count(), "the digest block was found");
+    std::fs::write(&file, kept.join("\n") + "\n").unwrap();
+    assert_held_leads_still_arrive_once(&smtp, &worker);
+    broker.cleanup().await;
+}
+
+async fn a_permanently_refused_digest_recipient_is_marked_failed_and_not_retried(backend: Backend) {
+    let _gate = support::shared().await;
+    let (broker, smtp, worker) = start("digestrefused", backend, &[]).await;
+    twelve_leads(&broker, &smtp, &worker).await;
+    smtp.refuse("dana@fabrikam.example");
+    let text = flush(&worker);
+    assert!(text.contains("digests sent: 2, leads digested: 4"), "{text}");
+    assert!(text.contains("refused for good (marked failed): 1"), "{text}");
+    assert_eq!(smtp.messages().len(), 32, "the other two recipients' digests");
+    // The next flushes leave it alone: nothing held, nothing retried.
+    let again = flush(&worker);
+    assert!(
+        again.contains("digests sent: 0") && !again.contains("refused"),
+        "{again}"
+    );
+    let out = worker.cli(&["log", "--recipient", "dana@fabrikam.example", "--json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("log JSON");
+    let failed: Vec<_> = rows
+        .iter()
+        .filter(|r| r["channel"] == "email" && r["status"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 2, "{rows:?}");
+    assert!(
+        failed
+            .iter()
+            .all(|r| r["error"].as_str().unwrap_or_default().contains("550")),
+        "{failed:?}"
+    );
+    assert!(!rows.iter().any(|r| r["status"] == "held"), "{rows:?}");
     broker.cleanup().await;
 }

@@ -9,6 +9,7 @@ mod hostile;
 mod mail;
 mod operations;
 mod recovery;
+mod robustness;
 mod scale;
 mod store;
 mod support;

@@ -69,7 +69,7 @@ fn mixed_events(rounds: usize) -> Vec<serde_json::Value> {
 fn expected_emails(events: &[serde_json::Value]) -> BTreeSet<String> {
     let root = support::root();
     let rules = RuleSet::load_dir(&root.join("rules")).unwrap();
-    let dir = referral_router::cli::read_directory(&root.join("rules/tests/directory.jsonl")).unwrap();
+    let dir = referral_router::decode::read_directory(&root.join("rules/tests/directory.jsonl")).unwrap();
     let mut counts: BTreeMap<DigestKey, u32> = BTreeMap::new();
     let mut ids = BTreeSet::new();
     for raw in events {

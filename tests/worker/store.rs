@@ -6,11 +6,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use referral_router::cli::{read_directory, read_event};
+use referral_router::decode::{read_directory, read_event};
 use referral_router::directory::{Directory, DirectoryView};
 use referral_router::event::{Event, EventId, LocationId, PartnerId, Role};
 use referral_router::route::{DigestKey, MemoryState, RuleSet, route};
-use referral_router::store::{self, Admission, Store};
+use referral_router::store::{self, Admission, DigestOutcome, Store};
 
 use crate::support::{self, Backend, TestStore, on_both_backends};
 
@@ -325,7 +325,10 @@ async fn a_digest_claim_is_exclusive_until_its_lease_ends_and_then_the_same_dige
     assert_eq!((b.id.as_str(), b.attempt), (a.id.as_str(), 2));
     let ids = |c: &store::DigestClaim| c.items.iter().map(|i| i.log_id).collect::<Vec<_>>();
     assert_eq!(ids(&b), ids(&a));
-    store.digest_sent(&b.id, "<m@x>", later).await.unwrap();
+    store
+        .settle_digest(&b.id, &DigestOutcome::Sent { message_id: "<m@x>" }, later)
+        .await
+        .unwrap();
     // Sent: nothing more to claim for that recipient, and the log says where each lead went.
     assert!(
         store
@@ -359,7 +362,10 @@ async fn leads_held_after_a_claim_wait_for_the_next_digest(backend: Backend) {
     assert_eq!(first.items.len(), 2);
     // A lead held while the digest is being sent waits for the next one.
     with_held_one(&fx, &*store, 13).await;
-    store.digest_sent(&first.id, "<1@x>", now).await.unwrap();
+    store
+        .settle_digest(&first.id, &DigestOutcome::Sent { message_id: "<1@x>" }, now)
+        .await
+        .unwrap();
     let next = store.held_groups().await.unwrap();
     let mine: Vec<_> = next.iter().filter(|h| h.recipient == g.recipient).collect();
     assert_eq!(mine.len(), 1);

@@ -10,7 +10,7 @@ use sqlx::postgres::{PgPool, PgRow};
 
 use crate::event::PartnerId;
 use crate::route::DigestKey;
-use crate::store::{DigestClaim, HeldGroup, HeldItem, LogEntry, StoreError, record};
+use crate::store::{DigestClaim, DigestOutcome, HeldGroup, HeldItem, LogEntry, StoreError, record};
 
 pub async fn groups(pool: &PgPool) -> Result<Vec<HeldGroup>, StoreError> {
     let rows = sqlx::query(
@@ -150,22 +150,31 @@ fn held_item(row: &PgRow) -> Result<HeldItem, StoreError> {
     record::held_item(row.try_get("log_id")?, &event_json, &delivery)
 }
 
-pub async fn sent(pool: &PgPool, digest_id: &str, message_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+/// Settles a claimed digest: sent, or failed for good. Either way its items
+/// leave the held groups, and their log rows say which.
+pub async fn settle(
+    pool: &PgPool,
+    digest_id: &str,
+    outcome: &DigestOutcome<'_>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let (status, log_status, message_id, error) = record::digest_settlement(outcome);
     let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE digests SET status = $1, message_id = $2, sent_at = $3 WHERE id = $4 AND status = 'claimed'")
+        .bind(status)
+        .bind(message_id)
+        .bind(now)
+        .bind(digest_id)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
-        "UPDATE digests SET status = 'sent', message_id = $1, sent_at = $2 WHERE id = $3 AND status = 'claimed'",
+        "UPDATE notification_log SET status = $1, digest_id = $2, message_id = $3, error = $4, updated_at = $5
+         WHERE id IN (SELECT log_id FROM held WHERE digest_id = $2)",
     )
-    .bind(message_id)
-    .bind(now)
-    .bind(digest_id)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE notification_log SET status = 'digested', digest_id = $1, message_id = $2, error = NULL, updated_at = $3
-         WHERE id IN (SELECT log_id FROM held WHERE digest_id = $1)",
-    )
+    .bind(log_status)
     .bind(digest_id)
     .bind(message_id)
+    .bind(error)
     .bind(now)
     .execute(&mut *tx)
     .await?;

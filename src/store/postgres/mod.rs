@@ -16,8 +16,8 @@ mod digests;
 mod entries;
 
 use super::{
-    ActionCenterEntry, Admission, DigestClaim, DirectoryChanges, HeldGroup, LogEntry, Planner, Store, StoreError,
-    record,
+    ActionCenterEntry, Admission, DigestClaim, DigestOutcome, DigestStore, DirectoryChanges, DirectoryStore,
+    EntryStore, EventStore, HeldGroup, LogEntry, LogStore, Planner, Store, StoreError, record,
 };
 use crate::event::Event;
 use crate::route::{DigestKey, MemoryState};
@@ -67,7 +67,10 @@ impl Store for PgStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl DirectoryStore for PgStore {
     async fn directory_changes(&self, after: i64) -> Result<DirectoryChanges, StoreError> {
         let rows = sqlx::query("SELECT seq, event_json FROM directory WHERE seq > $1 ORDER BY seq")
             .bind(after)
@@ -83,7 +86,10 @@ impl Store for PgStore {
             seq,
         })
     }
+}
 
+#[async_trait]
+impl EventStore for PgStore {
     async fn state_for(&self, event: &Event) -> Result<MemoryState, StoreError> {
         let mut state = MemoryState::new();
         let Some(referral) = event.referral() else {
@@ -205,7 +211,10 @@ impl Store for PgStore {
         .await?;
         Ok(done.rows_affected() == 1)
     }
+}
 
+#[async_trait]
+impl EntryStore for PgStore {
     async fn put_entry(&self, e: &ActionCenterEntry) -> Result<(), StoreError> {
         entries::put(&self.pool, e).await
     }
@@ -221,7 +230,10 @@ impl Store for PgStore {
     async fn mark_read(&self, user: &str, id: Option<&str>) -> Result<u64, StoreError> {
         entries::mark_read(&self.pool, user, id).await
     }
+}
 
+#[async_trait]
+impl DigestStore for PgStore {
     async fn held_groups(&self) -> Result<Vec<HeldGroup>, StoreError> {
         digests::groups(&self.pool).await
     }
@@ -236,10 +248,18 @@ impl Store for PgStore {
         digests::claim(&self.pool, group, worker, now, lease_until).await
     }
 
-    async fn digest_sent(&self, digest_id: &str, message_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        digests::sent(&self.pool, digest_id, message_id, now).await
+    async fn settle_digest(
+        &self,
+        digest_id: &str,
+        outcome: &DigestOutcome<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        digests::settle(&self.pool, digest_id, outcome, now).await
     }
+}
 
+#[async_trait]
+impl LogStore for PgStore {
     async fn log_for_event(&self, event_id: &str) -> Result<Vec<LogEntry>, StoreError> {
         digests::log_for_event(&self.pool, event_id).await
     }

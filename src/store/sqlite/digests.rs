@@ -9,7 +9,7 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use super::{parse_ts, ts};
 use crate::event::PartnerId;
 use crate::route::DigestKey;
-use crate::store::{DigestClaim, HeldGroup, HeldItem, LogEntry, StoreError, record};
+use crate::store::{DigestClaim, DigestOutcome, HeldGroup, HeldItem, LogEntry, StoreError, record};
 
 pub async fn groups(pool: &SqlitePool) -> Result<Vec<HeldGroup>, StoreError> {
     let rows = sqlx::query(
@@ -143,21 +143,32 @@ fn held_item(row: &SqliteRow) -> Result<HeldItem, StoreError> {
     record::held_item(row.try_get("log_id")?, &event_json, &delivery)
 }
 
-pub async fn sent(pool: &SqlitePool, digest_id: &str, message_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+/// Settles a claimed digest: sent, or failed for good. Either way its items
+/// leave the held groups, and their log rows say which.
+pub async fn settle(
+    pool: &SqlitePool,
+    digest_id: &str,
+    outcome: &DigestOutcome<'_>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     let now = ts(now);
+    let (status, log_status, message_id, error) = record::digest_settlement(outcome);
     let mut tx = pool.begin().await?;
-    sqlx::query("UPDATE digests SET status = 'sent', message_id = ?, sent_at = ? WHERE id = ? AND status = 'claimed'")
+    sqlx::query("UPDATE digests SET status = ?, message_id = ?, sent_at = ? WHERE id = ? AND status = 'claimed'")
+        .bind(status)
         .bind(message_id)
         .bind(&now)
         .bind(digest_id)
         .execute(&mut *tx)
         .await?;
     sqlx::query(
-        "UPDATE notification_log SET status = 'digested', digest_id = ?, message_id = ?, error = NULL, updated_at = ?
+        "UPDATE notification_log SET status = ?, digest_id = ?, message_id = ?, error = ?, updated_at = ?
          WHERE id IN (SELECT log_id FROM held WHERE digest_id = ?)",
     )
+    .bind(log_status)
     .bind(digest_id)
     .bind(message_id)
+    .bind(error)
     .bind(&now)
     .bind(digest_id)
     .execute(&mut *tx)

@@ -22,8 +22,8 @@ mod group;
 mod journal;
 
 use super::{
-    ActionCenterEntry, Admission, DigestClaim, DirectoryChanges, HeldGroup, LogEntry, Planner, Store, StoreError,
-    record,
+    ActionCenterEntry, Admission, DigestClaim, DigestOutcome, DigestStore, DirectoryChanges, DirectoryStore,
+    EntryStore, EventStore, HeldGroup, LogEntry, LogStore, Planner, Store, StoreError, record,
 };
 use crate::event::Event;
 use crate::route::{DigestKey, MemoryState};
@@ -153,7 +153,10 @@ impl Store for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl DirectoryStore for SqliteStore {
     async fn directory_changes(&self, after: i64) -> Result<DirectoryChanges, StoreError> {
         let rows = sqlx::query("SELECT seq, event_json FROM directory WHERE seq > ? ORDER BY seq")
             .bind(after)
@@ -169,7 +172,10 @@ impl Store for SqliteStore {
             seq,
         })
     }
+}
 
+#[async_trait]
+impl EventStore for SqliteStore {
     async fn state_for(&self, event: &Event) -> Result<MemoryState, StoreError> {
         let mut state = MemoryState::new();
         let Some(referral) = event.referral() else {
@@ -324,7 +330,10 @@ impl Store for SqliteStore {
         self.settle_lines(event_id, lines, result.is_ok());
         result
     }
+}
 
+#[async_trait]
+impl EntryStore for SqliteStore {
     async fn put_entry(&self, e: &ActionCenterEntry) -> Result<(), StoreError> {
         let mut tx = self.group.begin_statement().await?;
         entries::put(tx.conn(), e).await?;
@@ -342,7 +351,10 @@ impl Store for SqliteStore {
     async fn mark_read(&self, user: &str, id: Option<&str>) -> Result<u64, StoreError> {
         entries::mark_read(&self.writer, user, id).await
     }
+}
 
+#[async_trait]
+impl DigestStore for SqliteStore {
     async fn held_groups(&self) -> Result<Vec<HeldGroup>, StoreError> {
         digests::groups(&self.writer).await
     }
@@ -357,10 +369,18 @@ impl Store for SqliteStore {
         digests::claim(&self.writer, group, worker, now, lease_until).await
     }
 
-    async fn digest_sent(&self, digest_id: &str, message_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        digests::sent(&self.writer, digest_id, message_id, now).await
+    async fn settle_digest(
+        &self,
+        digest_id: &str,
+        outcome: &DigestOutcome<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        digests::settle(&self.writer, digest_id, outcome, now).await
     }
+}
 
+#[async_trait]
+impl LogStore for SqliteStore {
     async fn log_for_event(&self, event_id: &str) -> Result<Vec<LogEntry>, StoreError> {
         digests::log_for_event(&self.reader, event_id).await
     }

@@ -98,6 +98,17 @@ pub struct Worker {
 impl Worker {
     /// Starts `referral-router run` for `broker`'s names on `store`, sending mail to `smtp`.
     pub async fn start(broker: &Broker, smtp: &SmtpSink, store: &Arc<TestStore>, extra: &[(&str, &str)]) -> Self {
+        Self::start_with(broker, smtp, store, extra, Output::Log).await
+    }
+
+    /// The same, with the worker's stdout and stderr going to `output`.
+    pub async fn start_with(
+        broker: &Broker,
+        smtp: &SmtpSink,
+        store: &Arc<TestStore>,
+        extra: &[(&str, &str)],
+        output: Output,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut env: Vec<(String, String)> = vec![
@@ -131,7 +142,7 @@ impl Worker {
             env.push((k.to_string(), v.to_string()));
         }
         let log = dir.path().join("worker.log");
-        let child = spawn(&env, &log);
+        let child = spawn(&env, &log, output);
         let worker = Self {
             child,
             http: format!("127.0.0.1:{port}"),
@@ -146,7 +157,7 @@ impl Worker {
 
     /// Starts the same worker again (same store, queue and port) after it stopped.
     pub async fn restart(&mut self) {
-        self.child = spawn(&self.env, &self.log);
+        self.child = spawn(&self.env, &self.log, Output::Log);
         self.wait_ready().await;
     }
 
@@ -224,6 +235,17 @@ impl Worker {
         cmd
     }
 
+    /// Reads what the worker wrote to its pipes so far (a little), then closes
+    /// them: every later write of the worker's fails.
+    pub fn close_output(&mut self) -> String {
+        use std::io::Read;
+        let mut seen = vec![0; 4096];
+        let n = self.child.stderr.as_mut().map_or(0, |e| e.read(&mut seen).unwrap_or(0));
+        drop(self.child.stdout.take());
+        drop(self.child.stderr.take());
+        String::from_utf8_lossy(&seen[..n]).into_owned()
+    }
+
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([format!("-{name}"), self.child.id().to_string()])
@@ -245,14 +267,27 @@ impl Worker {
     }
 }
 
-fn spawn(env: &[(String, String)], log: &Path) -> Child {
+/// Where a worker's stdout and stderr go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Its log file ([`Worker::logs`]).
+    Log,
+    /// Pipes the test can close ([`Worker::close_output`]), as when the reader of `run | head` exits.
+    Pipes,
+}
+
+fn spawn(env: &[(String, String)], log: &Path, output: Output) -> Child {
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let (stdout, stderr) = match output {
+        Output::Log => (Stdio::from(out.try_clone().unwrap()), Stdio::from(out)),
+        Output::Pipes => (Stdio::piped(), Stdio::piped()),
+    };
     Command::new(env!("CARGO_BIN_EXE_referral-router"))
         .arg("run")
         .current_dir(log.parent().unwrap())
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
+        .stdout(stdout)
+        .stderr(stderr)
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn the worker")

@@ -33,6 +33,8 @@ pub struct SmtpSink {
     /// While set, `MAIL FROM` is not answered: a client stuck here has sent no message yet.
     stall: Arc<AtomicBool>,
     stalled: Arc<std::sync::atomic::AtomicUsize>,
+    /// Addresses refused for good at `RCPT TO` (550), lower-cased.
+    refused: Arc<Mutex<Vec<String>>>,
 }
 
 impl SmtpSink {
@@ -46,6 +48,7 @@ impl SmtpSink {
             delay: Arc::default(),
             stall: Arc::default(),
             stalled: Arc::default(),
+            refused: Arc::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -69,6 +72,11 @@ impl SmtpSink {
     /// How many clients have waited at a stalled `MAIL FROM`.
     pub fn stalled(&self) -> usize {
         self.stalled.load(Ordering::SeqCst)
+    }
+
+    /// Refuses mail to `address` from now on with a permanent 550.
+    pub fn refuse(&self, address: &str) {
+        self.refused.lock().unwrap().push(address.to_ascii_lowercase());
     }
 
     pub fn set_delay(&self, delay: Duration) {
@@ -127,8 +135,13 @@ impl SmtpSink {
                 b"250 2.0.0 ok\r\n"
             } else if upper.starts_with("RCPT TO:") {
                 let addr = line.trim_end()[8..].trim().trim_start_matches('<');
-                rcpt.push(addr.split('>').next().unwrap_or_default().to_ascii_lowercase());
-                b"250 2.1.5 ok\r\n"
+                let addr = addr.split('>').next().unwrap_or_default().to_ascii_lowercase();
+                if self.refused.lock().unwrap().contains(&addr) {
+                    b"550 5.1.1 mailbox unavailable\r\n"
+                } else {
+                    rcpt.push(addr);
+                    b"250 2.1.5 ok\r\n"
+                }
             } else if upper == "DATA" {
                 let _ = write.write_all(b"354 go ahead\r\n").await;
                 let mut data = Vec::new();

@@ -1,0 +1,40 @@
+//! What the rest of the router asks of a rule set about its catalogue.
+
+use super::RuleSet;
+use super::rules::{Action, ActionCenterSpec, DigestPolicy};
+
+impl RuleSet {
+    /// Whether the catalogue marks `notification` optional (no action needed).
+    pub fn is_optional(&self, notification: &str) -> bool {
+        self.notifications.get(notification).is_some_and(|n| n.optional)
+    }
+
+    /// How `notification` appears in the Action Center, when the catalogue says.
+    pub fn action_center(&self, notification: &str) -> Option<&ActionCenterSpec> {
+        self.notifications.get(notification)?.action_center.as_ref()
+    }
+
+    /// The rules among `ids` that suppress.
+    pub fn suppressing<'a>(&self, ids: &'a [String]) -> Vec<&'a str> {
+        ids.iter()
+            .filter(|id| {
+                self.rules
+                    .iter()
+                    .any(|r| &r.id == *id && matches!(r.action, Action::Suppress(_)))
+            })
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// The digest policy of a counter, with the id of the rule that carries it.
+    pub fn digest_policy(&self, counter: &str) -> Option<(&str, &DigestPolicy)> {
+        self.rules.iter().find_map(|r| match &r.action {
+            Action::Notify(n) => n
+                .digest
+                .as_ref()
+                .filter(|d| d.counter == counter)
+                .map(|d| (r.id.as_str(), d)),
+            Action::Suppress(_) | Action::Record(_) => None,
+        })
+    }
+}
