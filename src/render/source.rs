@@ -140,29 +140,71 @@ fn files(dir: &Path) -> Vec<(String, PathBuf)> {
 
 /// Reads the folder. Every problem is collected; the tree is only returned whole.
 pub fn read_tree(dir: &Path) -> Result<Tree, Vec<TemplateError>> {
-    let mut errors = Vec::new();
-    let css_file = dir.join("email.css");
-    let css = std::fs::read_to_string(&css_file).unwrap_or_else(|e| {
-        errors.push(TemplateError::file(
-            &css_file,
-            format!("cannot read the stylesheet: {e}"),
-        ));
-        String::new()
-    });
-    let mut read = |path: &Path, kind: Kind| -> Option<Source> {
+    let mut reader = TreeReader::new(dir);
+    let partials_dir = dir.join("partials");
+    let mut tree = Tree {
+        shared_partials: reader.partials(&partials_dir),
+        locale_partials: reader.locale_partials(&partials_dir),
+        ..Tree::default()
+    };
+    for (name, path) in subdirs(dir) {
+        if name == "partials" {
+            continue;
+        }
+        if let Some(link) = reader.link(&path) {
+            tree.links.insert(name.clone(), link);
+        }
+        tree.notifications.insert(name, reader.locales(&path));
+    }
+    reader.finish(tree)
+}
+
+/// The template folder being read: the stylesheet HTML files are inlined
+/// with, and the problems found so far. Files that cannot be read or
+/// inlined are reported first, then files and folders in the wrong place.
+struct TreeReader {
+    css: String,
+    /// The stylesheet, then files that cannot be read or inlined.
+    unreadable: Vec<TemplateError>,
+    /// Files and folders that do not belong where they are.
+    misplaced: Vec<TemplateError>,
+}
+
+impl TreeReader {
+    /// Starts with the stylesheet, `email.css`.
+    fn new(dir: &Path) -> Self {
+        let mut unreadable = Vec::new();
+        let css_file = dir.join("email.css");
+        let css = std::fs::read_to_string(&css_file).unwrap_or_else(|e| {
+            unreadable.push(TemplateError::file(
+                &css_file,
+                format!("cannot read the stylesheet: {e}"),
+            ));
+            String::new()
+        });
+        Self {
+            css,
+            unreadable,
+            misplaced: Vec::new(),
+        }
+    }
+
+    /// One template file, with the stylesheet inlined into HTML.
+    fn read(&mut self, path: &Path, kind: Kind) -> Option<Source> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => {
-                errors.push(TemplateError::file(path, format!("cannot read: {e}")));
+                self.unreadable
+                    .push(TemplateError::file(path, format!("cannot read: {e}")));
                 return None;
             }
         };
         let compiled = match kind {
             Kind::Text => text.clone(),
-            Kind::Html => match inline_css(&text, &css) {
+            Kind::Html => match inline_css(&text, &self.css) {
                 Ok(html) => html,
                 Err(message) => {
-                    errors.push(TemplateError::file(path, message));
+                    self.unreadable.push(TemplateError::file(path, message));
                     return None;
                 }
             },
@@ -173,13 +215,11 @@ pub fn read_tree(dir: &Path) -> Result<Tree, Vec<TemplateError>> {
             text,
             compiled,
         })
-    };
+    }
 
-    let mut tree = Tree::default();
-    let partials_dir = dir.join("partials");
-    let partial_files = |folder: &Path, read: &mut dyn FnMut(&Path, Kind) -> Option<Source>| {
+    /// The partials directly in `folder`: `NAME.html.hbs` and `NAME.txt.hbs`.
+    fn partials(&mut self, folder: &Path) -> BTreeMap<(String, Kind), Source> {
         let mut out = BTreeMap::new();
-        let mut bad = Vec::new();
         for (name, path) in files(folder) {
             let parsed = name
                 .strip_suffix(".html.hbs")
@@ -187,84 +227,100 @@ pub fn read_tree(dir: &Path) -> Result<Tree, Vec<TemplateError>> {
                 .or_else(|| name.strip_suffix(".txt.hbs").map(|n| (n, Kind::Text)));
             match parsed {
                 Some((stem, kind)) => {
-                    if let Some(source) = read(&path, kind) {
+                    if let Some(source) = self.read(&path, kind) {
                         out.insert((stem.to_owned(), kind), source);
                     }
                 }
-                None => bad.push(TemplateError::file(
+                None => self.misplaced.push(TemplateError::file(
                     &path,
                     "a partial is named NAME.html.hbs or NAME.txt.hbs",
                 )),
             }
         }
-        (out, bad)
-    };
-    let (shared, bad) = partial_files(&partials_dir, &mut read);
-    tree.shared_partials = shared;
-    let mut late_errors = bad;
-    for (locale, path) in subdirs(&partials_dir) {
-        if !is_locale(&locale) {
-            late_errors.push(TemplateError::file(
-                &path,
-                "partial folders are named after a locale, e.g. de-DE",
-            ));
-            continue;
-        }
-        let (parts, bad) = partial_files(&path, &mut read);
-        late_errors.extend(bad);
-        tree.locale_partials.insert(locale, parts);
+        out
     }
 
-    for (name, path) in subdirs(dir) {
-        if name == "partials" {
-            continue;
+    /// Each locale's partials, from the locale folders in `partials/`.
+    fn locale_partials(&mut self, partials_dir: &Path) -> BTreeMap<String, BTreeMap<(String, Kind), Source>> {
+        let mut out = BTreeMap::new();
+        for (locale, path) in subdirs(partials_dir) {
+            if !is_locale(&locale) {
+                self.misplaced.push(TemplateError::file(
+                    &path,
+                    "partial folders are named after a locale, e.g. de-DE",
+                ));
+                continue;
+            }
+            let parts = self.partials(&path);
+            out.insert(locale, parts);
         }
-        for (file, file_path) in files(&path) {
+        out
+    }
+
+    /// A notification's Action Center link, the only file its folder holds
+    /// beside the locale folders.
+    fn link(&mut self, folder: &Path) -> Option<Source> {
+        let mut link = None;
+        for (file, file_path) in files(folder) {
             if file == format!("{LINK_PART}.hbs") {
-                if let Some(s) = read(&file_path, Kind::Text) {
-                    tree.links.insert(name.clone(), s);
-                }
+                link = self.read(&file_path, Kind::Text);
             } else {
-                late_errors.push(TemplateError::file(
+                self.misplaced.push(TemplateError::file(
                     &file_path,
                     format!("unexpected file: a notification folder holds locale folders and {LINK_PART}.hbs"),
                 ));
             }
         }
+        link
+    }
+
+    /// A notification's locale folders: locale -> part name -> source.
+    fn locales(&mut self, folder: &Path) -> BTreeMap<String, BTreeMap<String, Source>> {
         let mut locales = BTreeMap::new();
-        for (locale, locale_path) in subdirs(&path) {
+        for (locale, locale_path) in subdirs(folder) {
             if !is_locale(&locale) {
-                late_errors.push(TemplateError::file(
+                self.misplaced.push(TemplateError::file(
                     &locale_path,
                     "expected a locale folder, e.g. en-US",
                 ));
                 continue;
             }
-            let mut parts = BTreeMap::new();
-            for (file, file_path) in files(&locale_path) {
-                let known = EMAIL_PARTS
-                    .iter()
-                    .chain(ACTION_CENTER_PARTS)
-                    .find(|(part, _)| file == format!("{part}.hbs"));
-                match known {
-                    Some((part, kind)) => {
-                        if let Some(s) = read(&file_path, *kind) {
-                            parts.insert((*part).to_owned(), s);
-                        }
-                    }
-                    None => late_errors.push(TemplateError::file(
-                        &file_path,
-                        "unexpected file: expected subject.hbs, body.html.hbs, body.txt.hbs, \
-                         action_center_title.hbs or action_center_body.hbs",
-                    )),
-                }
-            }
+            let parts = self.parts(&locale_path);
             locales.insert(locale, parts);
         }
-        tree.notifications.insert(name, locales);
+        locales
     }
-    errors.extend(late_errors);
-    if errors.is_empty() { Ok(tree) } else { Err(errors) }
+
+    /// The email and Action Center parts of one notification in one locale.
+    fn parts(&mut self, folder: &Path) -> BTreeMap<String, Source> {
+        let mut parts = BTreeMap::new();
+        for (file, file_path) in files(folder) {
+            let known = EMAIL_PARTS
+                .iter()
+                .chain(ACTION_CENTER_PARTS)
+                .find(|(part, _)| file == format!("{part}.hbs"));
+            match known {
+                Some((part, kind)) => {
+                    if let Some(s) = self.read(&file_path, *kind) {
+                        parts.insert((*part).to_owned(), s);
+                    }
+                }
+                None => self.misplaced.push(TemplateError::file(
+                    &file_path,
+                    "unexpected file: expected subject.hbs, body.html.hbs, body.txt.hbs, \
+                     action_center_title.hbs or action_center_body.hbs",
+                )),
+            }
+        }
+        parts
+    }
+
+    /// The tree, when nothing was wrong; every problem otherwise.
+    fn finish(self, tree: Tree) -> Result<Tree, Vec<TemplateError>> {
+        let mut errors = self.unreadable;
+        errors.extend(self.misplaced);
+        if errors.is_empty() { Ok(tree) } else { Err(errors) }
+    }
 }
 
 /// Inlines `css` into an HTML template. Handlebars expressions are swapped for
