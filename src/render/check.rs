@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
+use handlebars::template::{DecoratorTemplate, HelperTemplate, Parameter, Template, TemplateElement};
 use serde_json::Value;
 
 use super::helpers::{BLOCK_HELPERS, HELPERS};
@@ -107,53 +107,8 @@ impl<'a> Walker<'a> {
                 TemplateElement::Expression(h) => self.expression(h, scope, at, false),
                 TemplateElement::HtmlExpression(h) => self.expression(h, scope, at, true),
                 TemplateElement::HelperBlock(h) => self.block(h, file, scope, at),
-                TemplateElement::PartialExpression(d) | TemplateElement::PartialBlock(d) => {
-                    let name = match &d.name {
-                        Parameter::Name(n) => n.clone(),
-                        Parameter::Path(p) => p_raw(p).to_owned(),
-                        _ => {
-                            self.error(at, "a partial is named by a plain name".into());
-                            continue;
-                        }
-                    };
-                    for value in d.hash.values() {
-                        self.value(value, scope, at);
-                    }
-                    if !d.params.is_empty() {
-                        self.error(
-                            at,
-                            format!("`{{{{> {name}}}}}` takes no context argument; pass key=value pairs"),
-                        );
-                    }
-                    let mut inner = scope.clone();
-                    inner.locals.extend(d.hash.keys().cloned());
-                    if name == "@partial-block" {
-                        match self.partial_blocks.pop() {
-                            Some((t, f, s)) => {
-                                self.walk(t, f, &s);
-                                self.partial_blocks.push((t, f, s));
-                            }
-                            None => self.error(at, "`@partial-block` used outside a partial block".into()),
-                        }
-                        continue;
-                    }
-                    let Some((source, partial)) = self.partials.get(&name) else {
-                        let kind = if self.kind == Kind::Html { "html" } else { "txt" };
-                        self.error(
-                            at,
-                            format!("no partial `{name}` (partials/{name}.{kind}.hbs) for this locale"),
-                        );
-                        continue;
-                    };
-                    let block = matches!(element, TemplateElement::PartialBlock(_));
-                    if let (true, Some(content)) = (block, d.template.as_ref()) {
-                        self.partial_blocks.push((content, file, scope.clone()));
-                    }
-                    self.walk(partial, &source.file, &inner);
-                    if block && d.template.is_some() {
-                        self.partial_blocks.pop();
-                    }
-                }
+                TemplateElement::PartialExpression(d) => self.partial(d, false, file, scope, at),
+                TemplateElement::PartialBlock(d) => self.partial(d, true, file, scope, at),
                 TemplateElement::DecoratorExpression(_) | TemplateElement::DecoratorBlock(_) => self.error(
                     at,
                     "decorators and inline partials are not supported; use a file in partials/".into(),
@@ -163,6 +118,56 @@ impl<'a> Walker<'a> {
             }
         }
         self.depth -= 1;
+    }
+
+    /// `{{> name key=value}}`, and `{{#> name}}...{{/name}}` when `block`:
+    /// the partial is walked with the hash keys bound, and `@partial-block`
+    /// inside it walks the block's content in the includer's scope.
+    fn partial(&mut self, d: &'a DecoratorTemplate, block: bool, file: &'a Path, scope: &Scope, at: At<'_>) {
+        let name = match &d.name {
+            Parameter::Name(n) => n.clone(),
+            Parameter::Path(p) => p_raw(p).to_owned(),
+            _ => {
+                self.error(at, "a partial is named by a plain name".into());
+                return;
+            }
+        };
+        for value in d.hash.values() {
+            self.value(value, scope, at);
+        }
+        if !d.params.is_empty() {
+            self.error(
+                at,
+                format!("`{{{{> {name}}}}}` takes no context argument; pass key=value pairs"),
+            );
+        }
+        let mut inner = scope.clone();
+        inner.locals.extend(d.hash.keys().cloned());
+        if name == "@partial-block" {
+            match self.partial_blocks.pop() {
+                Some((t, f, s)) => {
+                    self.walk(t, f, &s);
+                    self.partial_blocks.push((t, f, s));
+                }
+                None => self.error(at, "`@partial-block` used outside a partial block".into()),
+            }
+            return;
+        }
+        let Some((source, partial)) = self.partials.get(&name) else {
+            let kind = if self.kind == Kind::Html { "html" } else { "txt" };
+            self.error(
+                at,
+                format!("no partial `{name}` (partials/{name}.{kind}.hbs) for this locale"),
+            );
+            return;
+        };
+        if let (true, Some(content)) = (block, d.template.as_ref()) {
+            self.partial_blocks.push((content, file, scope.clone()));
+        }
+        self.walk(partial, &source.file, &inner);
+        if block && d.template.is_some() {
+            self.partial_blocks.pop();
+        }
     }
 
     /// `{{x}}`, `{{helper a b}}`, and `{{{x}}}` (raw) when `raw`.
