@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::{read_directory, read_jsonl};
 use crate::decode::decode_structured;
 use crate::directory::Directory;
-use crate::event::EmailAddress;
+use crate::event::{EmailAddress, Event};
 use crate::route::rules::Channel;
 use crate::route::{Decision, Plan, RuleSet, route};
 
@@ -169,24 +169,8 @@ fn run_case(
     base: &Path,
     rules: &RuleSet,
 ) -> Result<(Plan, Vec<String>), String> {
-    let event_path = base.join(&case.event);
-    let mut json: Value =
-        serde_json::from_slice(&std::fs::read(&event_path).map_err(|e| format!("{}: {e}", event_path.display()))?)
-            .map_err(|e| format!("{}: {e}", event_path.display()))?;
-    for (path, value) in &case.patch {
-        set_path(&mut json, path, value.clone())?;
-    }
-    let event = decode_structured(&serde_json::to_vec(&json).expect("a JSON value serializes"))
-        .map_err(|e| format!("{}: {e}", event_path.display()))?;
-    let mut dir = match case.directory.as_deref().or(default_dir) {
-        Some(d) => read_directory(&base.join(d))?,
-        None => Directory::new(),
-    };
-    if let Some(extra) = &case.directory_events {
-        for e in read_jsonl(&base.join(extra))? {
-            dir.apply(&e);
-        }
-    }
+    let event = case_event(case, base)?;
+    let dir = case_directory(case, default_dir, base)?;
     let state = super::seeded_state(
         &event,
         rules,
@@ -196,7 +180,46 @@ fn run_case(
         case.state.digest_position,
     );
     let plan = route(&event, rules, &dir, &state);
-    let actual: BTreeSet<(String, Channel, String, DecisionName)> = plan
+    let mut problems = mismatches(&case.expect, &plan)?;
+    problems.extend(breaches(&case.never, &plan)?);
+    Ok((plan, problems))
+}
+
+/// The case's event file, with its patch applied.
+fn case_event(case: &Case, base: &Path) -> Result<Event, String> {
+    let event_path = base.join(&case.event);
+    let mut json: Value =
+        serde_json::from_slice(&std::fs::read(&event_path).map_err(|e| format!("{}: {e}", event_path.display()))?)
+            .map_err(|e| format!("{}: {e}", event_path.display()))?;
+    for (path, value) in &case.patch {
+        set_path(&mut json, path, value.clone())?;
+    }
+    decode_structured(&serde_json::to_vec(&json).expect("a JSON value serializes"))
+        .map_err(|e| format!("{}: {e}", event_path.display()))
+}
+
+/// The case's directory (its own file or the fixture's), with its extra
+/// directory events applied.
+fn case_directory(case: &Case, default_dir: Option<&str>, base: &Path) -> Result<Directory, String> {
+    let mut dir = match case.directory.as_deref().or(default_dir) {
+        Some(d) => read_directory(&base.join(d))?,
+        None => Directory::new(),
+    };
+    if let Some(extra) = &case.directory_events {
+        for e in read_jsonl(&base.join(extra))? {
+            dir.apply(&e);
+        }
+    }
+    Ok(dir)
+}
+
+/// A delivery as a case names it: notification, channel, address, decision.
+type Planned = (String, Channel, String, DecisionName);
+
+/// The expected deliveries that were not planned, and the planned ones that
+/// were not expected.
+fn mismatches(expect: &[Expected], plan: &Plan) -> Result<Vec<String>, String> {
+    let actual: BTreeSet<Planned> = plan
         .deliveries
         .iter()
         .map(|d| {
@@ -209,7 +232,7 @@ fn run_case(
         })
         .collect();
     let mut expected = BTreeSet::new();
-    for e in &case.expect {
+    for e in expect {
         let to = EmailAddress::parse(&e.to).map_err(|err| format!("expect: {err}"))?;
         expected.insert((e.notification.clone(), e.channel, to.key(), e.decision));
     }
@@ -232,7 +255,14 @@ fn run_case(
             extra.3, extra.0, extra.2, extra.1
         ));
     }
-    for n in &case.never {
+    Ok(problems)
+}
+
+/// The people a notification must never reach that it does reach (a
+/// suppressed delivery does not count).
+fn breaches(never: &[Never], plan: &Plan) -> Result<Vec<String>, String> {
+    let mut problems = Vec::new();
+    for n in never {
         let to = EmailAddress::parse(&n.to).map_err(|err| format!("never: {err}"))?;
         if plan
             .deliveries
@@ -242,7 +272,7 @@ fn run_case(
             problems.push(format!("{} must never reach {}, but it does", n.notification, n.to));
         }
     }
-    Ok((plan, problems))
+    Ok(problems)
 }
 
 fn set_path(root: &mut Value, path: &str, value: Value) -> Result<(), String> {
