@@ -216,46 +216,58 @@ fn build(
     locales: &BTreeSet<String>,
     portal_base_url: &str,
 ) -> Result<Templates, Vec<TemplateError>> {
-    let mut errors = Vec::new();
-    let mut registries = BTreeMap::new();
-    let mut sources = Vec::new();
+    let mut engines = Engines {
+        portal_base_url,
+        registries: BTreeMap::new(),
+        sources: Vec::new(),
+        errors: Vec::new(),
+    };
     for locale in locales {
+        engines.add_locale(tree, locale);
+    }
+    if !engines.errors.is_empty() {
+        return Err(engines.errors);
+    }
+    Ok(Templates {
+        entries: entries(tree, rules, uses),
+        registries: engines.registries,
+        nonce: nonce(),
+        sources: engines.sources,
+    })
+}
+
+/// Each locale's engines, what every engine was given, and the templates
+/// that did not register.
+struct Engines<'a> {
+    portal_base_url: &'a str,
+    registries: BTreeMap<String, Registries>,
+    sources: Vec<super::EngineSource>,
+    errors: Vec<TemplateError>,
+}
+
+impl Engines<'_> {
+    /// One locale's engines: the shared partials and the locale's own, every
+    /// notification's parts in the locale and every link, then each part
+    /// with its partials inlined.
+    fn add_locale(&mut self, tree: &Tree, locale: &str) {
         let mut regs = Registries {
-            html: registry(Kind::Html, portal_base_url),
-            text: registry(Kind::Text, portal_base_url),
-        };
-        let mut add = |name: &str, source: &Source| {
-            let reg = match source.kind {
-                Kind::Html => &mut regs.html,
-                Kind::Text => &mut regs.text,
-            };
-            if let Err(e) = reg.register_template_string(name, &source.compiled) {
-                errors.push(TemplateError::file(&source.file, format!("after inlining CSS: {e}")));
-            }
-            sources.push(super::EngineSource {
-                locale: locale.clone(),
-                kind: match source.kind {
-                    Kind::Html => "html",
-                    Kind::Text => "text",
-                },
-                name: name.to_owned(),
-                source: source.compiled.clone(),
-            });
+            html: registry(Kind::Html, self.portal_base_url),
+            text: registry(Kind::Text, self.portal_base_url),
         };
         let own = tree.locale_partials.get(locale).into_iter().flatten();
         for ((name, _), source) in tree.shared_partials.iter().chain(own) {
-            add(name, source);
+            self.register(&mut regs, locale, name, source);
         }
         let mut parts = Vec::new();
         for (name, by_locale) in &tree.notifications {
             for (part, source) in by_locale.get(locale).into_iter().flatten() {
                 let name = format!("{name}/{part}");
-                add(&name, source);
+                self.register(&mut regs, locale, &name, source);
                 parts.push((source.kind, name));
             }
         }
         for (name, source) in &tree.links {
-            add(&format!("{name}/{LINK_PART}"), source);
+            self.register(&mut regs, locale, &format!("{name}/{LINK_PART}"), source);
         }
         for (kind, name) in parts {
             match kind {
@@ -263,13 +275,35 @@ fn build(
                 Kind::Text => inline::inline_partials(&mut regs.text, &name),
             }
         }
-        registries.insert(locale.clone(), regs);
+        self.registries.insert(locale.to_owned(), regs);
     }
-    if !errors.is_empty() {
-        return Err(errors);
+
+    /// Registers one template with the engine of its kind, and keeps what it was given.
+    fn register(&mut self, regs: &mut Registries, locale: &str, name: &str, source: &Source) {
+        let reg = match source.kind {
+            Kind::Html => &mut regs.html,
+            Kind::Text => &mut regs.text,
+        };
+        if let Err(e) = reg.register_template_string(name, &source.compiled) {
+            self.errors
+                .push(TemplateError::file(&source.file, format!("after inlining CSS: {e}")));
+        }
+        self.sources.push(super::EngineSource {
+            locale: locale.to_owned(),
+            kind: match source.kind {
+                Kind::Html => "html",
+                Kind::Text => "text",
+            },
+            name: name.to_owned(),
+            source: source.compiled.clone(),
+        });
     }
-    let entries = tree
-        .notifications
+}
+
+/// Each notification with templates: its locales, its title (the catalogue's,
+/// else its name), whether it is optional and whether it has an Action Center entry.
+fn entries(tree: &Tree, rules: &RuleSet, uses: &Uses) -> BTreeMap<String, Entry> {
+    tree.notifications
         .iter()
         .map(|(name, by_locale)| {
             let notification = rules.notifications.get(name);
@@ -281,13 +315,7 @@ fn build(
             };
             (name.clone(), entry)
         })
-        .collect();
-    Ok(Templates {
-        entries,
-        registries,
-        nonce: nonce(),
-        sources,
-    })
+        .collect()
 }
 
 fn nonce() -> String {
