@@ -12,8 +12,51 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 mod admit;
+#[path = "../sql/digests.rs"]
 mod digests;
+#[path = "../sql/entries.rs"]
 mod entries;
+
+/// What the SQL written once for both stores (`store/sql/`) needs to know of
+/// PostgreSQL: native timestamps, and claims serialised per recipient group
+/// by a transaction-scoped advisory lock and `FOR UPDATE`.
+mod dialect {
+    use chrono::{DateTime, Utc};
+
+    use crate::store::{HeldGroup, StoreError};
+
+    pub type Db = sqlx::Postgres;
+    pub type Pool = sqlx::PgPool;
+    pub type DbRow = sqlx::postgres::PgRow;
+    pub type Tx = sqlx::Transaction<'static, Db>;
+    pub type Int = i32;
+    pub type Stamp = DateTime<Utc>;
+    pub const FOR_UPDATE: &str = " FOR UPDATE";
+
+    pub fn stamp(t: DateTime<Utc>) -> Stamp {
+        t
+    }
+
+    pub fn read_stamp(t: Stamp) -> DateTime<Utc> {
+        t
+    }
+
+    /// Takes the group's advisory lock for the transaction; false when
+    /// another worker is claiming it now.
+    pub async fn lock_group(tx: &mut Tx, group: &HeldGroup) -> Result<bool, StoreError> {
+        let key = &group.key;
+        let lock = format!(
+            "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            key.counter, key.partner, key.day, group.recipient
+        );
+        Ok(
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(&lock)
+                .fetch_one(&mut **tx)
+                .await?,
+        )
+    }
+}
 
 use super::{
     ActionCenterEntry, Admission, DigestClaim, DigestOutcome, DigestStore, DirectoryChanges, DirectoryStore,

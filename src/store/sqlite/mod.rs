@@ -16,10 +16,42 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 mod admit;
+#[path = "../sql/digests.rs"]
 mod digests;
+#[path = "../sql/entries.rs"]
 mod entries;
 mod group;
 mod journal;
+
+/// What the SQL written once for both stores (`store/sql/`) needs to know of
+/// SQLite: timestamps are RFC 3339 text, and the single writer connection
+/// already serialises every claim.
+mod dialect {
+    use chrono::{DateTime, Utc};
+
+    use crate::store::{HeldGroup, StoreError};
+
+    pub type Db = sqlx::Sqlite;
+    pub type Pool = sqlx::SqlitePool;
+    pub type DbRow = sqlx::sqlite::SqliteRow;
+    pub type Tx = sqlx::Transaction<'static, Db>;
+    pub type Int = i64;
+    pub type Stamp = String;
+    pub const FOR_UPDATE: &str = "";
+
+    pub fn stamp(t: DateTime<Utc>) -> Stamp {
+        super::ts(t)
+    }
+
+    pub fn read_stamp(raw: Stamp) -> DateTime<Utc> {
+        super::parse_ts(&raw).unwrap_or_default()
+    }
+
+    /// The writer is one connection: a claim has the group to itself.
+    pub async fn lock_group(_tx: &mut Tx, _group: &HeldGroup) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+}
 
 use super::{
     ActionCenterEntry, Admission, DigestClaim, DigestOutcome, DigestStore, DirectoryChanges, DirectoryStore,

@@ -1,11 +1,12 @@
-//! Action Center entries in PostgreSQL: stored once per id, read per user.
+//! Action Center entries: stored once per id, read per user. Written once in
+//! the SQL both stores speak; compiled into each backend with its `dialect`.
 
 use sqlx::Row;
-use sqlx::postgres::PgPool;
 
+use super::dialect::{Db, Pool, Stamp, read_stamp, stamp};
 use crate::store::{ActionCenterEntry, StoreError};
 
-pub async fn put(pool: &PgPool, e: &ActionCenterEntry) -> Result<(), StoreError> {
+pub async fn put<'c>(db: impl sqlx::Executor<'c, Database = Db>, e: &ActionCenterEntry) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO action_center (id, user_key, partner_id, event_id, notification, category, priority, title,
                body, link, created_at, expires_at)
@@ -21,32 +22,33 @@ pub async fn put(pool: &PgPool, e: &ActionCenterEntry) -> Result<(), StoreError>
     .bind(&e.title)
     .bind(&e.body)
     .bind(&e.link)
-    .bind(e.created_at)
-    .bind(e.expires_at)
-    .execute(pool)
+    .bind(stamp(e.created_at))
+    .bind(e.expires_at.map(stamp))
+    .execute(db)
     .await?;
     Ok(())
 }
 
 pub async fn list(
-    pool: &PgPool,
+    pool: &Pool,
     user: &str,
     unread_only: bool,
     limit: u32,
 ) -> Result<Vec<ActionCenterEntry>, StoreError> {
     let rows = sqlx::query(
         "SELECT * FROM action_center WHERE user_key = $1 AND (NOT $2 OR read_at IS NULL)
-               AND (expires_at IS NULL OR expires_at > now())
-             ORDER BY created_at DESC, id LIMIT $3",
+               AND (expires_at IS NULL OR expires_at > $3)
+             ORDER BY created_at DESC, id LIMIT $4",
     )
     .bind(user)
     .bind(unread_only)
+    .bind(stamp(chrono::Utc::now()))
     .bind(i64::from(limit))
     .fetch_all(pool)
     .await?;
-    rows.into_iter()
+    rows.iter()
         .map(|row| {
-            let read_at: Option<chrono::DateTime<chrono::Utc>> = row.try_get("read_at")?;
+            let read_at: Option<Stamp> = row.try_get("read_at")?;
             Ok(ActionCenterEntry {
                 id: row.try_get("id")?,
                 user: row.try_get("user_key")?,
@@ -58,30 +60,32 @@ pub async fn list(
                 title: row.try_get("title")?,
                 body: row.try_get("body")?,
                 link: row.try_get("link")?,
-                created_at: row.try_get("created_at")?,
-                expires_at: row.try_get("expires_at")?,
+                created_at: read_stamp(row.try_get("created_at")?),
+                expires_at: row.try_get::<Option<Stamp>, _>("expires_at")?.map(read_stamp),
                 read: read_at.is_some(),
             })
         })
         .collect()
 }
 
-pub async fn unread(pool: &PgPool, user: &str) -> Result<u64, StoreError> {
+pub async fn unread(pool: &Pool, user: &str) -> Result<u64, StoreError> {
     let n: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM action_center WHERE user_key = $1 AND read_at IS NULL
-               AND (expires_at IS NULL OR expires_at > now())",
+               AND (expires_at IS NULL OR expires_at > $2)",
     )
     .bind(user)
+    .bind(stamp(chrono::Utc::now()))
     .fetch_one(pool)
     .await?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-pub async fn mark_read(pool: &PgPool, user: &str, id: Option<&str>) -> Result<u64, StoreError> {
+pub async fn mark_read(pool: &Pool, user: &str, id: Option<&str>) -> Result<u64, StoreError> {
     let done = sqlx::query(
-        "UPDATE action_center SET read_at = now()
-         WHERE user_key = $1 AND read_at IS NULL AND ($2::text IS NULL OR id = $2)",
+        "UPDATE action_center SET read_at = $1
+         WHERE user_key = $2 AND read_at IS NULL AND (CAST($3 AS TEXT) IS NULL OR id = $3)",
     )
+    .bind(stamp(chrono::Utc::now()))
     .bind(user)
     .bind(id)
     .execute(pool)
