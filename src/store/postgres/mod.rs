@@ -12,8 +12,11 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 mod admit;
+// Written once for both backends and compiled into each with its own `dialect`.
+#[allow(clippy::duplicate_mod)]
 #[path = "../sql/digests.rs"]
 mod digests;
+#[allow(clippy::duplicate_mod)]
 #[path = "../sql/entries.rs"]
 mod entries;
 

@@ -244,6 +244,8 @@ pub async fn log_for_recipient(pool: &Pool, email: &str, limit: u32) -> Result<V
     rows.iter().map(log_entry).collect()
 }
 
+// `Int` is `i64` on SQLite, where the conversion is the identity.
+#[allow(clippy::useless_conversion)]
 fn log_entry(row: &DbRow) -> Result<LogEntry, StoreError> {
     let attempts: Int = row.try_get("attempts")?;
     let created: Stamp = row.try_get("created_at")?;
