@@ -17,7 +17,7 @@ pub const DEFAULTS: &str = include_str!("../config/default.toml");
 pub enum ConfigError {
     #[error("configuration: {0}")]
     Load(#[from] config::ConfigError),
-    #[error("configuration: {}", .0.join("; "))]
+    #[error("configuration:\n  {}", .0.join("\n  "))]
     Invalid(Vec<String>),
 }
 
@@ -211,7 +211,11 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Loads defaults, then the file (if any), then `ROUTER__*` variables, and validates.
+    /// Loads defaults, then the file (if any), then `ROUTER__*` variables, and
+    /// validates. Every problem is reported at once, each naming its key, and
+    /// the environment variable when the value came from one: unknown keys
+    /// (a misspelling is never silently ignored), values of the wrong type,
+    /// and values out of range.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut builder =
             config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
@@ -223,100 +227,33 @@ impl Settings {
                 .separator("__")
                 .try_parsing(true),
         );
-        let settings: Settings = builder.build()?.try_deserialize()?;
-        settings.validate()?;
-        Ok(settings)
+        let built = builder.build()?;
+        let mut errors = unknown_keys(&built, file);
+        let settings = match built.clone().try_deserialize::<Settings>() {
+            Ok(settings) => Some(settings),
+            Err(_) => {
+                errors.extend(section_errors(&built));
+                None
+            }
+        };
+        if let Some(settings) = &settings
+            && let Err(ConfigError::Invalid(invalid)) = settings.validate()
+        {
+            errors.extend(invalid);
+        }
+        match settings {
+            Some(settings) if errors.is_empty() => Ok(settings),
+            _ => Err(ConfigError::Invalid(errors.into_iter().map(|e| from_env(&e)).collect())),
+        }
     }
 
     /// Every problem at once, each naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
-        let url = self.amqp.url.expose();
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-            errors.push(format!(
-                "amqp.url `{}` must start with amqp:// or amqps://",
-                redact_url(url)
-            ));
-        }
-        for (key, value) in [
-            ("amqp.exchange", &self.amqp.exchange),
-            ("amqp.queue", &self.amqp.queue),
-            ("amqp.dead_letter_exchange", &self.amqp.dead_letter_exchange),
-            ("amqp.action_center_exchange", &self.amqp.action_center_exchange),
-        ] {
-            if value.trim().is_empty() {
-                errors.push(format!("{key} must not be empty"));
-            }
-        }
-        if self.amqp.prefetch == 0 {
-            errors.push("amqp.prefetch must be at least 1".into());
-        }
-        if self.amqp.concurrency == 0 || self.amqp.concurrency > usize::from(self.amqp.prefetch) {
-            errors.push(format!(
-                "amqp.concurrency must be between 1 and amqp.prefetch ({}), not {}",
-                self.amqp.prefetch, self.amqp.concurrency
-            ));
-        }
-        if self.amqp.max_message_bytes < 1024 {
-            errors.push("amqp.max_message_bytes must be at least 1024".into());
-        }
-        if self.amqp.delivery_limit == 0 {
-            errors.push("amqp.delivery_limit must be at least 1".into());
-        }
-        if !self.smtp.host.is_empty() {
-            if self.smtp.port == 0 {
-                errors.push("smtp.port must not be 0".into());
-            }
-            if self.smtp.max_in_flight == 0 {
-                errors.push("smtp.max_in_flight must be at least 1".into());
-            }
-            if self.smtp.pool_max_size == 0 {
-                errors.push("smtp.pool_max_size must be at least 1".into());
-            }
-            if self.smtp.username.is_empty() != self.smtp.password.is_empty() {
-                errors.push("smtp.username and smtp.password are set together or not at all".into());
-            }
-        } else if self.smtp.outbox_dir.as_os_str().is_empty() {
-            errors.push("smtp.outbox_dir must be set when smtp.host is empty".into());
-        }
-        for (key, value) in [("mail.from", &self.mail.from), ("mail.reply_to", &self.mail.reply_to)] {
-            if let Err(e) = value.parse::<Mailbox>() {
-                errors.push(format!("{key} `{value}` is not a mailbox: {e}"));
-            }
-        }
-        for (key, value) in [
-            ("mail.unsubscribe_url", &self.mail.unsubscribe_url),
-            ("mail.portal_url", &self.mail.portal_url),
-        ] {
-            if !value.starts_with("https://") && !value.starts_with("http://") {
-                errors.push(format!("{key} `{value}` must be an absolute http(s) URL"));
-            }
-        }
-        let store_url = self.store.url.expose();
-        if !["sqlite:", "postgres://", "postgresql://"]
-            .iter()
-            .any(|scheme| store_url.starts_with(scheme))
-        {
-            errors.push(format!(
-                "store.url `{}` is not supported: use sqlite://PATH or postgres://USER@HOST/DB",
-                redact_url(store_url)
-            ));
-        }
-        if self.store.max_connections == 0 {
-            errors.push("store.max_connections must be at least 1".into());
-        }
-        if self.store.acquire_timeout.is_zero() {
-            errors.push("store.acquire_timeout must be positive".into());
-        }
-        // A lease must outlast one delivery's SMTP exchange, or a slow send
-        // could be taken over (and sent twice) while it is still running.
-        if self.store.lease <= self.smtp.timeout {
-            errors.push(format!(
-                "store.lease ({}) must exceed smtp.timeout ({})",
-                humantime::format_duration(self.store.lease),
-                humantime::format_duration(self.smtp.timeout)
-            ));
-        }
+        self.amqp.check(&mut errors);
+        self.smtp.check(&mut errors);
+        self.mail.check(&mut errors);
+        self.store.check(&self.smtp, &mut errors);
         if let Err(e) = self.http.addr.parse::<SocketAddr>() {
             errors.push(format!("http.addr `{}` is not HOST:PORT: {e}", self.http.addr));
         }
@@ -332,9 +269,6 @@ impl Settings {
         if self.retry.initial_backoff > self.retry.max_backoff {
             errors.push("retry.initial_backoff must not exceed retry.max_backoff".into());
         }
-        if self.amqp.reconnect_min > self.amqp.reconnect_max {
-            errors.push("amqp.reconnect_min must not exceed amqp.reconnect_max".into());
-        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             errors.push(format!("log.level `{}` is not a tracing filter", self.log.level));
         }
@@ -348,6 +282,229 @@ impl Settings {
     pub fn http_addr(&self) -> SocketAddr {
         self.http.addr.parse().expect("validated at load")
     }
+}
+
+impl Amqp {
+    fn check(&self, errors: &mut Vec<String>) {
+        let url = self.url.expose();
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            errors.push(format!(
+                "amqp.url `{}` must start with amqp:// or amqps://",
+                redact_url(url)
+            ));
+        }
+        for (key, value) in [
+            ("amqp.exchange", &self.exchange),
+            ("amqp.queue", &self.queue),
+            ("amqp.dead_letter_exchange", &self.dead_letter_exchange),
+            ("amqp.action_center_exchange", &self.action_center_exchange),
+        ] {
+            if value.trim().is_empty() {
+                errors.push(format!("{key} must not be empty"));
+            }
+        }
+        if self.prefetch == 0 {
+            errors.push("amqp.prefetch must be at least 1".into());
+        }
+        if self.concurrency == 0 || self.concurrency > usize::from(self.prefetch) {
+            errors.push(format!(
+                "amqp.concurrency must be between 1 and amqp.prefetch ({}), not {}",
+                self.prefetch, self.concurrency
+            ));
+        }
+        if self.max_message_bytes < 1024 {
+            errors.push("amqp.max_message_bytes must be at least 1024".into());
+        }
+        if self.delivery_limit == 0 {
+            errors.push("amqp.delivery_limit must be at least 1".into());
+        }
+        if self.reconnect_min > self.reconnect_max {
+            errors.push("amqp.reconnect_min must not exceed amqp.reconnect_max".into());
+        }
+    }
+}
+
+impl Smtp {
+    fn check(&self, errors: &mut Vec<String>) {
+        if self.host.is_empty() {
+            if self.outbox_dir.as_os_str().is_empty() {
+                errors.push("smtp.outbox_dir must be set when smtp.host is empty".into());
+            }
+            return;
+        }
+        if self.port == 0 {
+            errors.push("smtp.port must not be 0".into());
+        }
+        if self.max_in_flight == 0 {
+            errors.push("smtp.max_in_flight must be at least 1".into());
+        }
+        if self.pool_max_size == 0 {
+            errors.push("smtp.pool_max_size must be at least 1".into());
+        }
+        if self.username.is_empty() != self.password.is_empty() {
+            errors.push("smtp.username and smtp.password are set together or not at all".into());
+        }
+    }
+}
+
+impl Mail {
+    fn check(&self, errors: &mut Vec<String>) {
+        for (key, value) in [("mail.from", &self.from), ("mail.reply_to", &self.reply_to)] {
+            if let Err(e) = value.parse::<Mailbox>() {
+                errors.push(format!("{key} `{value}` is not a mailbox: {e}"));
+            }
+        }
+        for (key, value) in [
+            ("mail.unsubscribe_url", &self.unsubscribe_url),
+            ("mail.portal_url", &self.portal_url),
+        ] {
+            if !value.starts_with("https://") && !value.starts_with("http://") {
+                errors.push(format!("{key} `{value}` must be an absolute http(s) URL"));
+            }
+        }
+    }
+}
+
+impl Store {
+    fn check(&self, smtp: &Smtp, errors: &mut Vec<String>) {
+        let store_url = self.url.expose();
+        if !["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| store_url.starts_with(scheme))
+        {
+            errors.push(format!(
+                "store.url `{}` is not supported: use sqlite://PATH or postgres://USER@HOST/DB",
+                redact_url(store_url)
+            ));
+        }
+        if self.max_connections == 0 {
+            errors.push("store.max_connections must be at least 1".into());
+        }
+        if self.acquire_timeout.is_zero() {
+            errors.push("store.acquire_timeout must be positive".into());
+        }
+        // A lease must outlast one delivery's SMTP exchange, or a slow send
+        // could be taken over (and sent twice) while it is still running.
+        if self.lease <= smtp.timeout {
+            errors.push(format!(
+                "store.lease ({}) must exceed smtp.timeout ({})",
+                humantime::format_duration(self.lease),
+                humantime::format_duration(smtp.timeout)
+            ));
+        }
+    }
+}
+
+/// Keys set (by the file or the environment) that the defaults do not have:
+/// every key the worker reads is in the embedded defaults.
+fn unknown_keys(built: &config::Config, file: Option<&Path>) -> Vec<String> {
+    let known = config::Config::builder()
+        .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize::<config::Map<String, config::Value>>())
+        .unwrap_or_default();
+    let Ok(set) = built.clone().try_deserialize::<config::Map<String, config::Value>>() else {
+        return Vec::new();
+    };
+    let mut unknown = Vec::new();
+    walk_unknown("", &set, &known, &mut unknown);
+    unknown.sort();
+    unknown
+        .into_iter()
+        .map(|key| match (env_var_for(&key), file) {
+            (Some(_), _) => format!("{key} is not a setting"),
+            (None, Some(path)) => format!("{key} (in {}) is not a setting", path.display()),
+            (None, None) => format!("{key} is not a setting"),
+        })
+        .collect()
+}
+
+fn walk_unknown(
+    prefix: &str,
+    set: &config::Map<String, config::Value>,
+    known: &config::Map<String, config::Value>,
+    out: &mut Vec<String>,
+) {
+    for (name, value) in set {
+        let key = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        match (known.get(name), value.clone().into_table()) {
+            // An unknown section: name each of its keys, as they were set.
+            (None, Ok(table)) => walk_unknown(&key, &table, &config::Map::new(), out),
+            (None, Err(_)) => out.push(key),
+            (Some(k), Ok(table)) => {
+                if let Ok(known_table) = k.clone().into_table() {
+                    walk_unknown(&key, &table, &known_table, out);
+                }
+            }
+            (Some(_), Err(_)) => {}
+        }
+    }
+}
+
+/// With the whole set unreadable, reads it a section at a time, so every
+/// section's type errors are reported, not only the first.
+fn section_errors(built: &config::Config) -> Vec<String> {
+    fn section<T: serde::de::DeserializeOwned>(built: &config::Config, name: &str) -> Option<String> {
+        let value = match built.get::<config::Value>(name) {
+            Ok(value) => value,
+            Err(e) => return Some(format!("{name}: {e}")),
+        };
+        serde_path_to_error::deserialize::<_, T>(value)
+            .err()
+            .map(|e| format!("{name}.{}: {}", e.path(), e.inner()))
+    }
+    [
+        section::<Amqp>(built, "amqp"),
+        section::<Smtp>(built, "smtp"),
+        section::<Mail>(built, "mail"),
+        section::<Store>(built, "store"),
+        section::<Http>(built, "http"),
+        section::<Rules>(built, "rules"),
+        section::<Templates>(built, "templates"),
+        section::<Retry>(built, "retry"),
+        section::<Digest>(built, "digest"),
+        section::<Shutdown>(built, "shutdown"),
+        section::<Log>(built, "log"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The `ROUTER__…` variable that sets `key` (`amqp.prefetch`), if one does.
+fn env_var_for(key: &str) -> Option<String> {
+    let wanted = format!("ROUTER__{}", key.replace('.', "__"));
+    std::env::vars()
+        .map(|(k, _)| k)
+        .find(|k| k.eq_ignore_ascii_case(&wanted))
+}
+
+/// Names the variable a message's key came from: `amqp.prefetch (from ROUTER__AMQP__PREFETCH) …`.
+fn from_env(message: &str) -> String {
+    let key_end = message
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .unwrap_or(message.len());
+    let key = &message[..key_end];
+    let quoted = message
+        .split('`')
+        .nth(1)
+        .filter(|k| k.contains('.') && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'));
+    for candidate in [Some(key), quoted].into_iter().flatten() {
+        if candidate.contains('.')
+            && let Some(var) = env_var_for(candidate)
+        {
+            return if candidate == key {
+                format!("{key} (from {var}){}", &message[key_end..])
+            } else {
+                format!("{message} (from {var})")
+            };
+        }
+    }
+    message.to_string()
 }
 
 /// `scheme://user:password@host` -> `scheme://user:***@host`.

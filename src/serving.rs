@@ -19,7 +19,8 @@ pub struct ServingSet {
 /// Why a set cannot be served; the text carries file:line:column where known.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("rules: {0}")]
+    /// The rules' own errors say where they are (`rules/x.yaml:3:5: …`).
+    #[error("{0}")]
     Rules(String),
     #[error("example events: {0}")]
     Examples(String),

@@ -309,3 +309,38 @@ fn explain_rejects_bad_input_clearly() {
     assert!(!out.status.success());
     assert!(text(&out).contains("dir.jsonl:1:"), "{}", text(&out));
 }
+
+#[test]
+fn every_configuration_problem_is_reported_at_once_naming_its_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_referral-router"))
+        .args(["log", "--event", "evt-1"])
+        .env("ROUTER__AMQP__PREFECH", "5")
+        .env("ROUTER__SMTP__TIMEOUT", "soon")
+        .env("ROUTER__STORE__MAX_CONNECTIONS", "many")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for expected in [
+        "amqp.prefech (from ROUTER__AMQP__PREFECH) is not a setting",
+        "smtp.timeout (from ROUTER__SMTP__TIMEOUT): `soon`",
+        "store.max_connections (from ROUTER__STORE__MAX_CONNECTIONS): invalid type",
+    ] {
+        assert_eq!(err.matches(expected).count(), 1, "{expected}\n{err}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("router.toml");
+    std::fs::write(&file, "[amqp]\nprefetch = 0\n[http]\naddr = \"nowhere\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_referral-router"))
+        .args(["log", "--event", "evt-1", "--config", file.to_str().unwrap()])
+        .env("ROUTER__HTTP__ADDR", "still-nowhere")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("amqp.prefetch must be at least 1"), "{err}");
+    assert!(
+        err.contains("http.addr (from ROUTER__HTTP__ADDR) `still-nowhere` is not HOST:PORT"),
+        "{err}"
+    );
+}
