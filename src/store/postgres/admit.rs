@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
-use super::PgStore;
+use super::{PgStore, admission};
 use crate::event::Event;
 use crate::route::{Delivery, DigestKey};
 use crate::store::{Admission, OutboxItem, Planner, StoreError, StoredDelivery, record};
@@ -37,45 +37,10 @@ pub async fn admit(
     if !inserted {
         return resume(store, tx, id).await;
     }
-    let positions = count(&mut tx, counters).await?;
+    let positions = admission::count(&mut tx, counters).await?;
     let plan = plan(&positions);
-    if let Some(key) = record::directory_key(event) {
-        // The version row's lock serialises directory writers, so readers
-        // asking for `seq > n` never miss a change that commits late.
-        let seq: i64 = sqlx::query_scalar("UPDATE directory_version SET seq = seq + 1 WHERE id = 1 RETURNING seq")
-            .fetch_one(&mut *tx)
-            .await?;
-        // Last writer wins by (event time, event id): a late or reordered
-        // change never replaces a newer one, whatever order workers see them in.
-        sqlx::query(
-            "INSERT INTO directory (key, seq, event_time, event_id, event_json) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (key) DO UPDATE SET seq = excluded.seq, event_time = excluded.event_time,
-               event_id = excluded.event_id, event_json = excluded.event_json
-             WHERE (excluded.event_time, excluded.event_id) > (directory.event_time, directory.event_id)",
-        )
-        .bind(&key)
-        .bind(seq)
-        .bind(event.time)
-        .bind(id)
-        .bind(record::cloudevent_json(event))
-        .execute(&mut *tx)
-        .await?;
-    }
-    for change in &plan.records {
-        sqlx::query(
-            "INSERT INTO referral_states (referral, receiver, status, rule, event_id, updated_at)
-             VALUES ($1, $2, $3, $4, $5, now())
-             ON CONFLICT (referral, receiver) DO UPDATE SET status = excluded.status, rule = excluded.rule,
-               event_id = excluded.event_id, updated_at = excluded.updated_at",
-        )
-        .bind(&change.referral)
-        .bind(change.receiver.as_deref().unwrap_or(""))
-        .bind(&change.status)
-        .bind(&change.rule)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    }
+    admission::apply_directory(&mut tx, event).await?;
+    admission::apply_records(&mut tx, event, &plan.records).await?;
     log_deliveries(&mut tx, event, &plan.deliveries).await?;
     let items = claim_pending(&mut tx, store, id).await?;
     tx.commit().await?;
@@ -118,30 +83,6 @@ async fn resume(store: &PgStore, mut tx: Transaction<'_, Postgres>, id: &str) ->
     let items = claim_pending(&mut tx, store, id).await?;
     tx.commit().await?;
     Ok(Admission::Pending { fresh: false, items })
-}
-
-/// Counts the event under each key (in key order, so two transactions never
-/// wait on each other's counters in a cycle); returns each post-increment position.
-async fn count(
-    tx: &mut Transaction<'_, Postgres>,
-    counters: &[DigestKey],
-) -> Result<Vec<(DigestKey, u32)>, StoreError> {
-    let mut order: Vec<&DigestKey> = counters.iter().collect();
-    order.sort();
-    let mut positions = Vec::with_capacity(counters.len());
-    for key in order {
-        let count: i64 = sqlx::query_scalar(
-            "INSERT INTO digest_counters (counter, partner, day, count) VALUES ($1, $2, $3, 1)
-             ON CONFLICT (counter, partner, day) DO UPDATE SET count = digest_counters.count + 1 RETURNING count",
-        )
-        .bind(&key.counter)
-        .bind(key.partner.as_str())
-        .bind(key.day)
-        .fetch_one(&mut **tx)
-        .await?;
-        positions.push((key.clone(), u32::try_from(count).unwrap_or(u32::MAX)));
-    }
-    Ok(positions)
 }
 
 /// Claims the event's pending deliveries (all but those another worker's live claim holds), in log order.

@@ -14,6 +14,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 mod admit;
 // Written once for both backends and compiled into each with its own `dialect`.
 #[allow(clippy::duplicate_mod)]
+#[path = "../sql/admission.rs"]
+mod admission;
+#[allow(clippy::duplicate_mod)]
 #[path = "../sql/digests.rs"]
 mod digests;
 #[allow(clippy::duplicate_mod)]
@@ -32,6 +35,7 @@ mod dialect {
     pub type Pool = sqlx::PgPool;
     pub type DbRow = sqlx::postgres::PgRow;
     pub type Tx = sqlx::Transaction<'static, Db>;
+    pub type Conn = sqlx::PgConnection;
     pub type Int = i32;
     pub type Stamp = DateTime<Utc>;
     pub const FOR_UPDATE: &str = " FOR UPDATE";

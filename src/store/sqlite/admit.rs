@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::{SqliteStore, now, parse_ts, ts};
+use super::{SqliteStore, admission, now, parse_ts};
 use crate::event::Event;
 use crate::route::{Delivery, DigestKey};
 use crate::store::{Admission, OutboxItem, Planner, StoreError, StoredDelivery, record};
@@ -68,56 +68,10 @@ pub async fn admit(
         tx.commit().await?;
         return Ok(Admission::Pending { fresh: false, items });
     }
-    let mut positions = Vec::with_capacity(counters.len());
-    for key in counters {
-        let count: i64 = sqlx::query_scalar(
-            "INSERT INTO digest_counters (counter, partner, day, count) VALUES (?, ?, ?, 1)
-             ON CONFLICT (counter, partner, day) DO UPDATE SET count = count + 1 RETURNING count",
-        )
-        .bind(&key.counter)
-        .bind(key.partner.as_str())
-        .bind(key.day.to_string())
-        .fetch_one(tx.conn())
-        .await?;
-        positions.push((key.clone(), u32::try_from(count).unwrap_or(u32::MAX)));
-    }
+    let positions = admission::count(tx.conn(), counters).await?;
     let plan = plan(&positions);
-    if let Some(key) = record::directory_key(event) {
-        let seq: i64 = sqlx::query_scalar("UPDATE directory_version SET seq = seq + 1 WHERE id = 1 RETURNING seq")
-            .fetch_one(tx.conn())
-            .await?;
-        // Last writer wins by (event time, event id): a late or reordered
-        // change never replaces a newer one, whatever order workers see them in.
-        sqlx::query(
-            "INSERT INTO directory (key, seq, event_time, event_id, event_json) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (key) DO UPDATE SET seq = excluded.seq, event_time = excluded.event_time,
-               event_id = excluded.event_id, event_json = excluded.event_json
-             WHERE (excluded.event_time, excluded.event_id) > (directory.event_time, directory.event_id)",
-        )
-        .bind(&key)
-        .bind(seq)
-        .bind(ts(event.time))
-        .bind(id)
-        .bind(record::cloudevent_json(event))
-        .execute(tx.conn())
-        .await?;
-    }
-    for change in &plan.records {
-        sqlx::query(
-            "INSERT INTO referral_states (referral, receiver, status, rule, event_id, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT (referral, receiver) DO UPDATE SET status = excluded.status, rule = excluded.rule,
-               event_id = excluded.event_id, updated_at = excluded.updated_at",
-        )
-        .bind(&change.referral)
-        .bind(change.receiver.as_deref().unwrap_or(""))
-        .bind(&change.status)
-        .bind(&change.rule)
-        .bind(id)
-        .bind(&now)
-        .execute(tx.conn())
-        .await?;
-    }
+    admission::apply_directory(tx.conn(), event).await?;
+    admission::apply_records(tx.conn(), event, &plan.records).await?;
     log_deliveries(tx.conn(), event, &plan.deliveries, &now).await?;
     let items = claim_pending(tx.conn(), store, id).await?;
     tx.commit().await?;

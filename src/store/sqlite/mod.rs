@@ -18,6 +18,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 mod admit;
 // Written once for both backends and compiled into each with its own `dialect`.
 #[allow(clippy::duplicate_mod)]
+#[path = "../sql/admission.rs"]
+mod admission;
+#[allow(clippy::duplicate_mod)]
 #[path = "../sql/digests.rs"]
 mod digests;
 #[allow(clippy::duplicate_mod)]
@@ -38,6 +41,7 @@ mod dialect {
     pub type Pool = sqlx::SqlitePool;
     pub type DbRow = sqlx::sqlite::SqliteRow;
     pub type Tx = sqlx::Transaction<'static, Db>;
+    pub type Conn = sqlx::SqliteConnection;
     pub type Int = i64;
     pub type Stamp = String;
     pub const FOR_UPDATE: &str = "";

@@ -1,0 +1,81 @@
+//! The parts of admission both stores write the same way: counting an event
+//! under its digest counters, applying its directory change, and recording
+//! the state its rules ask for. Each runs inside the caller's admission
+//! transaction; compiled into each backend with its `dialect`.
+
+use chrono::Utc;
+
+use super::dialect::{Conn, stamp};
+use crate::event::Event;
+use crate::route::{DigestKey, StateChange};
+use crate::store::{StoreError, record};
+
+/// Counts the event under each key (in key order, so two transactions never
+/// wait on each other's counters in a cycle); returns each post-increment position.
+pub async fn count(conn: &mut Conn, counters: &[DigestKey]) -> Result<Vec<(DigestKey, u32)>, StoreError> {
+    let mut order: Vec<&DigestKey> = counters.iter().collect();
+    order.sort();
+    let mut positions = Vec::with_capacity(counters.len());
+    for key in order {
+        let count: i64 = sqlx::query_scalar(
+            "INSERT INTO digest_counters (counter, partner, day, count) VALUES ($1, $2, $3, 1)
+             ON CONFLICT (counter, partner, day) DO UPDATE SET count = digest_counters.count + 1 RETURNING count",
+        )
+        .bind(&key.counter)
+        .bind(key.partner.as_str())
+        .bind(key.day)
+        .fetch_one(&mut *conn)
+        .await?;
+        positions.push((key.clone(), u32::try_from(count).unwrap_or(u32::MAX)));
+    }
+    Ok(positions)
+}
+
+/// Stores a directory event under the next directory sequence number.
+pub async fn apply_directory(conn: &mut Conn, event: &Event) -> Result<(), StoreError> {
+    let Some(key) = record::directory_key(event) else {
+        return Ok(());
+    };
+    // The version row's lock serialises directory writers, so readers
+    // asking for `seq > n` never miss a change that commits late.
+    let seq: i64 = sqlx::query_scalar("UPDATE directory_version SET seq = seq + 1 WHERE id = 1 RETURNING seq")
+        .fetch_one(&mut *conn)
+        .await?;
+    // Last writer wins by (event time, event id): a late or reordered
+    // change never replaces a newer one, whatever order workers see them in.
+    sqlx::query(
+        "INSERT INTO directory (key, seq, event_time, event_id, event_json) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (key) DO UPDATE SET seq = excluded.seq, event_time = excluded.event_time,
+           event_id = excluded.event_id, event_json = excluded.event_json
+         WHERE (excluded.event_time, excluded.event_id) > (directory.event_time, directory.event_id)",
+    )
+    .bind(&key)
+    .bind(seq)
+    .bind(stamp(event.time))
+    .bind(event.id.as_str())
+    .bind(record::cloudevent_json(event))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Records the statuses the event's `record` rules ask for.
+pub async fn apply_records(conn: &mut Conn, event: &Event, records: &[StateChange]) -> Result<(), StoreError> {
+    for change in records {
+        sqlx::query(
+            "INSERT INTO referral_states (referral, receiver, status, rule, event_id, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (referral, receiver) DO UPDATE SET status = excluded.status, rule = excluded.rule,
+               event_id = excluded.event_id, updated_at = excluded.updated_at",
+        )
+        .bind(&change.referral)
+        .bind(change.receiver.as_deref().unwrap_or(""))
+        .bind(&change.status)
+        .bind(&change.rule)
+        .bind(event.id.as_str())
+        .bind(stamp(Utc::now()))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
