@@ -96,7 +96,19 @@ impl Directory {
                 self.contacts
                     .insert((c.partner_id.clone(), c.location_id.clone()), c.contact.clone());
             }
-            _ => return false,
+            EventData::CosellShared(_)
+            | EventData::CosellAccepted(_)
+            | EventData::CosellDeclined(_)
+            | EventData::CosellExpiring(_)
+            | EventData::CosellExpired(_)
+            | EventData::DealregActionRequired(_)
+            | EventData::DealregReviewFailed(_)
+            | EventData::DealregReviewSelected(_)
+            | EventData::SolutionValidationFailed(_)
+            | EventData::SolutionValidationPassed(_)
+            | EventData::LeadCreated(_)
+            | EventData::LeadDeclined(_)
+            | EventData::LeadExpired(_) => return false,
         }
         true
     }

@@ -590,7 +590,15 @@ impl Event {
             EventData::DealregActionRequired(d) => Some(&d.referral),
             EventData::DealregReviewFailed(d) => Some(&d.referral),
             EventData::DealregReviewSelected(d) => Some(&d.referral),
-            _ => None,
+            EventData::SolutionValidationFailed(_)
+            | EventData::SolutionValidationPassed(_)
+            | EventData::LeadCreated(_)
+            | EventData::LeadDeclined(_)
+            | EventData::LeadExpired(_)
+            | EventData::PartnerUpserted(_)
+            | EventData::UserUpserted(_)
+            | EventData::UserRemoved(_)
+            | EventData::ProfileContactSet(_) => None,
         }
     }
 
@@ -602,7 +610,18 @@ impl Event {
             EventData::CosellAccepted(d) | EventData::CosellExpired(d) => std::slice::from_ref(&d.receiver),
             EventData::CosellDeclined(d) => std::slice::from_ref(&d.receiver),
             EventData::CosellExpiring(d) => std::slice::from_ref(&d.receiver),
-            _ => &[],
+            EventData::DealregActionRequired(_)
+            | EventData::DealregReviewFailed(_)
+            | EventData::DealregReviewSelected(_)
+            | EventData::SolutionValidationFailed(_)
+            | EventData::SolutionValidationPassed(_)
+            | EventData::LeadCreated(_)
+            | EventData::LeadDeclined(_)
+            | EventData::LeadExpired(_)
+            | EventData::PartnerUpserted(_)
+            | EventData::UserUpserted(_)
+            | EventData::UserRemoved(_)
+            | EventData::ProfileContactSet(_) => &[],
         }
     }
 }

@@ -15,7 +15,19 @@ pub fn directory_key(event: &Event) -> Option<String> {
         EventData::UserUpserted(u) => format!("user:{}:{}", u.partner_id, u.user.user_id),
         EventData::UserRemoved(u) => format!("user:{}:{}", u.partner_id, u.user_id),
         EventData::ProfileContactSet(c) => format!("contact:{}:{}", c.partner_id, c.location_id),
-        _ => return None,
+        EventData::CosellShared(_)
+        | EventData::CosellAccepted(_)
+        | EventData::CosellDeclined(_)
+        | EventData::CosellExpiring(_)
+        | EventData::CosellExpired(_)
+        | EventData::DealregActionRequired(_)
+        | EventData::DealregReviewFailed(_)
+        | EventData::DealregReviewSelected(_)
+        | EventData::SolutionValidationFailed(_)
+        | EventData::SolutionValidationPassed(_)
+        | EventData::LeadCreated(_)
+        | EventData::LeadDeclined(_)
+        | EventData::LeadExpired(_) => return None,
     })
 }
 
