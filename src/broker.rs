@@ -128,6 +128,17 @@ fn quorum(mut args: FieldTable) -> FieldTable {
     args
 }
 
+/// Why a publish did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("not connected to the broker")]
+    NotConnected,
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error("the broker refused a message for {exchange}")]
+    Refused { exchange: String },
+}
+
 /// Publishes with publisher confirms on the current connection's channel; the
 /// supervisor swaps the channel in after each reconnect.
 #[derive(Clone, Default)]
@@ -163,13 +174,13 @@ impl Publisher {
         routing_key: &str,
         payload: &[u8],
         properties: BasicProperties,
-    ) -> Result<(), String> {
+    ) -> Result<(), PublishError> {
         let channel = self
             .channel
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .ok_or_else(|| "not connected to the broker".to_string())?;
+            .ok_or(PublishError::NotConnected)?;
         let confirm = channel
             .basic_publish(
                 exchange.into(),
@@ -178,13 +189,13 @@ impl Publisher {
                 payload,
                 properties.with_delivery_mode(2),
             )
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?
+            .await?;
         match confirm {
             Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Nack(_) => Err(format!("the broker refused a message for {exchange}")),
+            Confirmation::Nack(_) => Err(PublishError::Refused {
+                exchange: exchange.to_string(),
+            }),
         }
     }
 }

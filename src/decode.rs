@@ -3,7 +3,7 @@
 //! the files the CLI reads. A failure here is permanent: the same bytes will
 //! never decode, so the worker dead-letters them with the reason.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
@@ -173,37 +173,76 @@ pub fn decode_message(properties: &BasicProperties, body: &[u8], max: usize) -> 
     decode_binary(attributes, body)
 }
 
+/// Why a file of events cannot be used; the text starts with the file (and line).
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}{}: {source}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    BadEvent {
+        path: PathBuf,
+        /// The line, in a file of one event per line.
+        line: Option<usize>,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("{}: event {id} is a {event_type}, not a directory event", path.display())]
+    NotDirectory {
+        path: PathBuf,
+        id: EventId,
+        event_type: EventType,
+    },
+}
+
+fn unreadable(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+    |source| FileError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// Reads a file of events, one CloudEvent per line (blank lines and `#` comments skipped).
-pub fn read_jsonl(path: &Path) -> Result<Vec<Event>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn read_jsonl(path: &Path) -> Result<Vec<Event>, FileError> {
+    let text = std::fs::read_to_string(path).map_err(unreadable(path))?;
     let mut events = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let event = decode_structured(line.as_bytes()).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+        let event = decode_structured(line.as_bytes()).map_err(|source| FileError::BadEvent {
+            path: path.to_path_buf(),
+            line: Some(i + 1),
+            source,
+        })?;
         events.push(event);
     }
     Ok(events)
 }
 
 /// Reads one event file (a single structured CloudEvent).
-pub fn read_event(path: &Path) -> Result<Event, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    decode_structured(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+pub fn read_event(path: &Path) -> Result<Event, FileError> {
+    let bytes = std::fs::read(path).map_err(unreadable(path))?;
+    decode_structured(&bytes).map_err(|source| FileError::BadEvent {
+        path: path.to_path_buf(),
+        line: None,
+        source,
+    })
 }
 
 /// Reads a directory file and builds the directory from it.
-pub fn read_directory(path: &Path) -> Result<Directory, String> {
+pub fn read_directory(path: &Path) -> Result<Directory, FileError> {
     let events = read_jsonl(path)?;
     if let Some(other) = events.iter().find(|e| !e.event_type.as_str().starts_with("directory.")) {
-        return Err(format!(
-            "{}: event {} is a {}, not a directory event",
-            path.display(),
-            other.id,
-            other.event_type
-        ));
+        return Err(FileError::NotDirectory {
+            path: path.to_path_buf(),
+            id: other.id.clone(),
+            event_type: other.event_type,
+        });
     }
     Ok(Directory::from_events(&events))
 }

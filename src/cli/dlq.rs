@@ -101,7 +101,10 @@ pub async fn replay(amqp: &Amqp, reason: Option<&str>, limit: usize) -> Result<S
                     .unwrap_or_else(|| "application/cloudevents+json".into()),
             )
             .with_headers(headers);
-        publisher.publish(&amqp.exchange, &key, &m.delivery.data, props).await?;
+        publisher
+            .publish(&amqp.exchange, &key, &m.delivery.data, props)
+            .await
+            .map_err(|e| e.to_string())?;
         m.delivery
             .ack(BasicAckOptions::default())
             .await

@@ -202,11 +202,11 @@ fn case_event(case: &Case, base: &Path) -> Result<Event, String> {
 /// directory events applied.
 fn case_directory(case: &Case, default_dir: Option<&str>, base: &Path) -> Result<Directory, String> {
     let mut dir = match case.directory.as_deref().or(default_dir) {
-        Some(d) => read_directory(&base.join(d))?,
+        Some(d) => read_directory(&base.join(d)).map_err(|e| e.to_string())?,
         None => Directory::new(),
     };
     if let Some(extra) = &case.directory_events {
-        for e in read_jsonl(&base.join(extra))? {
+        for e in read_jsonl(&base.join(extra)).map_err(|e| e.to_string())? {
             dir.apply(&e);
         }
     }

@@ -32,7 +32,10 @@ pub async fn run(amqp: &Amqp, files: &[PathBuf]) -> Result<usize, String> {
                 .as_str()
                 .ok_or_else(|| format!("{}: no `type`", file.display()))?;
             let props = BasicProperties::default().with_content_type("application/cloudevents+json".into());
-            publisher.publish(&amqp.exchange, key, body.as_bytes(), props).await?;
+            publisher
+                .publish(&amqp.exchange, key, body.as_bytes(), props)
+                .await
+                .map_err(|e| e.to_string())?;
             count += 1;
         }
     }

@@ -64,9 +64,9 @@ pub fn preview(req: &PreviewRequest<'_>) -> Result<String, String> {
     if !templates.has(req.notification) {
         return Err(format!("no template `{}`", req.notification));
     }
-    let event = read_event(req.event)?;
+    let event = read_event(req.event).map_err(|e| e.to_string())?;
     let dir = match req.directory {
-        Some(path) => read_directory(path)?,
+        Some(path) => read_directory(path).map_err(|e| e.to_string())?,
         None => Directory::default(),
     };
     std::fs::create_dir_all(req.out).map_err(|e| format!("{}: {e}", req.out.display()))?;

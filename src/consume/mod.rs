@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::broker::{self, Publisher};
+use crate::broker::{self, PublishError, Publisher};
 use crate::config::{Amqp, Retry};
 use crate::decode::decode_message;
 use crate::error::{Disposition, ProcessError};
@@ -283,7 +283,7 @@ impl Consumer {
 
     /// Publishes a copy, with the reason in headers, to the dead-letter exchange
     /// (routed to this worker's dead-letter queue) and waits for the confirm.
-    async fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Result<(), String> {
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Result<(), PublishError> {
         let amqp = &self.amqp;
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         let text = |s: &str| AMQPValue::LongString(s.into());

@@ -31,7 +31,7 @@ pub async fn publish(
     publisher
         .publish(exchange, &key, &payload, props)
         .await
-        .map_err(Failure::Broker)
+        .map_err(|e| Failure::Broker(e.to_string()))
 }
 
 /// The entry's id: stable for (event, notification, recipient), so storing or

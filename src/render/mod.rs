@@ -257,5 +257,8 @@ pub fn example_events(rules_dir: &Path) -> Result<Vec<Event>, String> {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     files.sort();
-    files.iter().map(|f| crate::decode::read_event(f)).collect()
+    files
+        .iter()
+        .map(|f| crate::decode::read_event(f).map_err(|e| e.to_string()))
+        .collect()
 }

@@ -89,6 +89,6 @@ impl StoredDelivery {
     pub fn parse(raw: &str) -> Result<Delivery, crate::store::StoreError> {
         serde_json::from_str::<StoredDelivery>(raw)
             .map(Delivery::from)
-            .map_err(|e| crate::store::StoreError(format!("a stored delivery is unreadable: {e}")))
+            .map_err(|e| crate::store::StoreError::Unreadable(format!("a stored delivery is unreadable: {e}")))
     }
 }

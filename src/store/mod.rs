@@ -22,22 +22,35 @@ pub use delivery_json::StoredDelivery;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-/// A store operation failed. Always worth retrying: the usual causes are a
+/// A store operation failed. The worker retries it: the usual causes are a
 /// busy database or a lost connection; a message that keeps failing ends in
 /// the dead-letter queue after the bounded retries.
 #[derive(Debug, thiserror::Error)]
-#[error("store: {0}")]
-pub struct StoreError(pub String);
-
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> Self {
-        StoreError(e.to_string())
-    }
+pub enum StoreError {
+    #[error("store: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("store: migrating: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A file beside the database (the SQLite sent journal, its folder).
+    #[error("store: {what}: {source}")]
+    File {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A SQLite group commit failed; every write in the batch sees this text.
+    #[error("store: committing a batch: {0}")]
+    Batch(String),
+    /// Something stored cannot be read back.
+    #[error("store: {0}")]
+    Unreadable(String),
+    #[error("store: {0}")]
+    Unsupported(String),
 }
 
-impl From<sqlx::migrate::MigrateError> for StoreError {
-    fn from(e: sqlx::migrate::MigrateError) -> Self {
-        StoreError(e.to_string())
+impl StoreError {
+    pub(crate) fn file(what: String, source: std::io::Error) -> Self {
+        Self::File { what, source }
     }
 }
 
@@ -310,7 +323,7 @@ pub async fn connect(settings: &crate::config::Store) -> Result<Arc<dyn Store>, 
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PgStore::open(settings).await?))
     } else {
-        Err(StoreError(format!(
+        Err(StoreError::Unsupported(format!(
             "unsupported store url scheme: {}",
             crate::config::redact_url(url)
         )))

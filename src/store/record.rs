@@ -50,7 +50,7 @@ pub fn decode_rows(rows: impl IntoIterator<Item = String>) -> Result<Vec<Event>,
     rows.into_iter()
         .map(|raw| {
             crate::decode::decode_structured(raw.as_bytes())
-                .map_err(|e| super::StoreError(format!("stored directory: {e}")))
+                .map_err(|e| super::StoreError::Unreadable(format!("stored directory: {e}")))
         })
         .collect()
 }
@@ -78,12 +78,12 @@ pub fn digest_id(group: &super::HeldGroup, held_ids: &[i64]) -> String {
 
 /// A held item from its stored parts: the lead as a CloudEvent and the planned delivery.
 pub fn held_item(log_id: i64, event_json: &str, delivery: &str) -> Result<super::HeldItem, super::StoreError> {
-    let stored: super::StoredDelivery =
-        serde_json::from_str(delivery).map_err(|e| super::StoreError(format!("a held delivery is unreadable: {e}")))?;
+    let stored: super::StoredDelivery = serde_json::from_str(delivery)
+        .map_err(|e| super::StoreError::Unreadable(format!("a held delivery is unreadable: {e}")))?;
     Ok(super::HeldItem {
         log_id,
         event: crate::decode::decode_structured(event_json.as_bytes())
-            .map_err(|e| super::StoreError(format!("a held event: {e}")))?,
+            .map_err(|e| super::StoreError::Unreadable(format!("a held event: {e}")))?,
         delivery: stored.into(),
     })
 }
@@ -110,7 +110,7 @@ pub fn log_entry(
     updated_at: chrono::DateTime<chrono::Utc>,
 ) -> Result<super::LogEntry, super::StoreError> {
     let status = super::LogStatus::parse(&t.status)
-        .ok_or_else(|| super::StoreError(format!("unknown log status `{}`", t.status)))?;
+        .ok_or_else(|| super::StoreError::Unreadable(format!("unknown log status `{}`", t.status)))?;
     Ok(super::LogEntry {
         event_id: t.event_id,
         event_type: t.event_type,
@@ -159,7 +159,7 @@ pub fn log_rows(deliveries: &[crate::route::Delivery]) -> Result<Vec<LogRow<'_>>
                 },
                 rules: serde_json::to_string(&delivery.rules).unwrap_or_default(),
                 stored: serde_json::to_string(&super::StoredDelivery::from(delivery))
-                    .map_err(|e| super::StoreError(format!("serializing a delivery: {e}")))?,
+                    .map_err(|e| super::StoreError::Unreadable(format!("serializing a delivery: {e}")))?,
             })
         })
         .collect()

@@ -124,7 +124,7 @@ impl Write<'_> {
             .await
             .map(|r| r.clone().unwrap_or(Ok(())))
             .unwrap_or_else(|_| Err("the batch was dropped before it committed".into()));
-        result.map_err(StoreError)
+        result.map_err(StoreError::Batch)
     }
 }
 

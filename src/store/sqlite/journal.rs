@@ -64,7 +64,7 @@ impl Journal {
             if file.try_lock().is_err() {
                 continue;
             }
-            let text = std::fs::read(&path).map_err(|e| StoreError(format!("reading {}: {e}", path.display())))?;
+            let text = std::fs::read(&path).map_err(|e| StoreError::file(format!("reading {}", path.display()), e))?;
             leftover.extend(parse(&String::from_utf8_lossy(&text), number));
             orphans.push((path, file));
         }
@@ -90,7 +90,7 @@ impl Journal {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError(format!("removing {}: {e}", path.display()))),
+                Err(e) => return Err(StoreError::file(format!("removing {}", path.display()), e)),
             }
         }
         Ok(())
@@ -109,7 +109,7 @@ impl Journal {
             // A part-written line would run into the next one: cut it off.
             let size = current.size;
             let _ = current.file.set_len(size);
-            return Err(StoreError(format!("writing the sent journal: {e}")));
+            return Err(StoreError::file("writing the sent journal".into(), e));
         }
         current.size += text.len() as u64;
         let number = current.number;
@@ -174,11 +174,11 @@ fn create_next(stem: &Path) -> Result<(File, u64), StoreError> {
                 Ok(()) => return Ok((file, number)),
                 Err(std::fs::TryLockError::WouldBlock) => number += 1,
                 Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(StoreError(format!("locking {}: {e}", path.display())));
+                    return Err(StoreError::file(format!("locking {}", path.display()), e));
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => number += 1,
-            Err(e) => return Err(StoreError(format!("creating {}: {e}", path.display()))),
+            Err(e) => return Err(StoreError::file(format!("creating {}", path.display()), e)),
         }
     }
 }
@@ -199,7 +199,7 @@ fn existing(stem: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     );
-    let entries = std::fs::read_dir(&dir).map_err(|e| StoreError(format!("listing {}: {e}", dir.display())))?;
+    let entries = std::fs::read_dir(&dir).map_err(|e| StoreError::file(format!("listing {}", dir.display()), e))?;
     let mut files: Vec<(u64, PathBuf)> = entries
         .filter_map(Result::ok)
         .filter_map(|entry| {

@@ -106,7 +106,8 @@ impl SqliteStore {
         if let Some(parent) = std::path::Path::new(path).parent()
             && !parent.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError(format!("creating {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::file(format!("creating {}", parent.display()), e))?;
         }
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
