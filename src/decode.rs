@@ -173,6 +173,21 @@ pub fn decode_message(properties: &BasicProperties, body: &[u8], max: usize) -> 
     decode_binary(attributes, body)
 }
 
+/// The event id a message carries, as far as it can be read: for naming a
+/// message that does not decode (the `cloudEvents:id` header, else the body's `id`).
+pub fn event_id_of(properties: &BasicProperties, body: &[u8]) -> Option<String> {
+    let from_header = properties.headers().as_ref().and_then(|h| header_text(h, "id"));
+    from_header
+        .or_else(|| {
+            serde_json::from_slice::<Value>(body)
+                .ok()?
+                .get("id")?
+                .as_str()
+                .map(str::to_string)
+        })
+        .filter(|id| !id.trim().is_empty() && id.len() <= 256)
+}
+
 /// Why a file of events cannot be used; the text starts with the file (and line).
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {

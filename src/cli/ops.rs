@@ -6,7 +6,7 @@ use std::fmt::Write;
 use crate::app::App;
 use crate::digest::{Scope, flush_now, hostname};
 use crate::route::RuleSet;
-use crate::store::LogEntry;
+use crate::store::{EventRecord, LogEntry};
 
 /// Flushes every held digest now (due or not) and says what it did.
 pub async fn digest_flush(app: &App) -> Result<String, String> {
@@ -41,7 +41,26 @@ pub async fn log(app: &App, query: &LogQuery) -> Result<(String, Vec<LogEntry>),
         LogQuery::Recipient(email) => app.flow.store.log_for_recipient(email, 500).await,
     }
     .map_err(|e| e.to_string())?;
-    Ok((log_text(&rows, &app.flow.serving.current().rules), rows))
+    let mut text = log_text(&rows, &app.flow.serving.current().rules);
+    if let (LogQuery::Event(id), true) = (query, rows.is_empty()) {
+        let record = app.flow.store.event_record(id).await.map_err(|e| e.to_string())?;
+        text = unrouted_text(id, &record);
+    }
+    Ok((text, rows))
+}
+
+/// What the store knows of an event that planned no delivery.
+fn unrouted_text(id: &str, record: &EventRecord) -> String {
+    match record {
+        EventRecord::Unknown => format!("{id}: never seen\n"),
+        EventRecord::Seen { event_type, .. } => {
+            format!("{id}: seen ({event_type}) and routed to nobody: no rule planned a delivery\n")
+        }
+        EventRecord::DeadLettered { reason, detail, at } => format!(
+            "{id}: dead-lettered ({reason}) at {}: {detail}\n",
+            at.format("%Y-%m-%d %H:%M:%S")
+        ),
+    }
 }
 
 /// Renders log rows for people.

@@ -21,7 +21,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::broker::{self, PublishError, Publisher};
 use crate::config::{Amqp, Retry};
-use crate::decode::decode_message;
+use crate::decode::{decode_message, event_id_of};
 use crate::error::{Disposition, ProcessError};
 use crate::event::Event;
 use crate::flow::Flow;
@@ -265,6 +265,7 @@ impl Consumer {
                 match self.dead_letter(&delivery, reason, detail).await {
                     Ok(()) => {
                         self.metrics.dead_lettered.with_label_values(&[reason]).inc();
+                        self.remember_dead_letter(&delivery, reason, detail).await;
                         delivery.ack(BasicAckOptions::default()).await.map(|_| "dead_letter")
                     }
                     Err(e) => {
@@ -278,6 +279,16 @@ impl Consumer {
             Ok(label) => self.metrics.settled.with_label_values(&[label]).inc(),
             // The channel is gone: the broker requeues the message and we see it again.
             Err(e) => warn!(error = %e, "could not settle a message; it will be redelivered"),
+        }
+    }
+
+    /// Notes the dead letter under its event id, so `log --event` can tell it.
+    async fn remember_dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) {
+        let Some(id) = event_id_of(&delivery.properties, &delivery.data) else {
+            return;
+        };
+        if let Err(e) = self.flow.store.record_dead_letter(&id, reason, detail).await {
+            warn!(error = %e, event_id = %id, "could not note the dead letter in the store; it is in the dead-letter queue");
         }
     }
 

@@ -174,6 +174,22 @@ pub struct DigestClaim {
     pub attempt: u32,
 }
 
+/// What the store knows of an event id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum EventRecord {
+    /// Never seen (or dead-lettered without an id).
+    Unknown,
+    /// Recorded; `completed` once every delivery was settled.
+    Seen { event_type: String, completed: bool },
+    /// Dead-lettered and never recorded (bad input, or retries exhausted before admission).
+    DeadLettered {
+        reason: String,
+        detail: String,
+        at: DateTime<Utc>,
+    },
+}
+
 /// How a claimed digest ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DigestOutcome<'a> {
@@ -307,6 +323,12 @@ pub trait DigestStore: Send + Sync {
 /// The notification log: what happened to every planned delivery.
 #[async_trait]
 pub trait LogStore: Send + Sync {
+    /// A message was dead-lettered; `event_id` is the id it carried.
+    async fn record_dead_letter(&self, event_id: &str, reason: &str, detail: &str) -> Result<(), StoreError>;
+
+    /// Whether the event was recorded, dead-lettered, or never seen.
+    async fn event_record(&self, event_id: &str) -> Result<EventRecord, StoreError>;
+
     /// The notification log of one event.
     async fn log_for_event(&self, event_id: &str) -> Result<Vec<LogEntry>, StoreError>;
 

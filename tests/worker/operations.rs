@@ -10,6 +10,7 @@ on_both_backends!(
     sighup_reloads_rules_and_rejects_a_broken_set,
     sighup_reloads_templates_and_rejects_a_broken_one,
     without_an_smtp_host_mail_is_written_as_eml_files,
+    log_tells_never_seen_routed_to_nobody_and_dead_lettered_apart,
 );
 
 async fn rules_hash(worker: &support::Worker) -> String {
@@ -135,5 +136,35 @@ async fn without_an_smtp_host_mail_is_written_as_eml_files(backend: Backend) {
     let text = std::fs::read_to_string(&files[0]).unwrap();
     assert!(text.contains("To: \"Ben Brooks\" <ben@fabrikam.example>") || text.contains("ben@fabrikam.example"));
     assert!(text.contains("multipart/alternative"), "{text}");
+    broker.cleanup().await;
+}
+
+async fn log_tells_never_seen_routed_to_nobody_and_dead_lettered_apart(backend: Backend) {
+    let _gate = support::shared().await;
+    let (broker, _smtp, worker) = support::start("logkinds", backend, &[]).await;
+    let mut broken: serde_json::Value = serde_json::from_slice(&example("lead.created.contact_me.json")).unwrap();
+    broken["id"] = "evt-broken-lead".into();
+    broken["data"]["lead"].as_object_mut().unwrap().remove("customer");
+    broker.publish(&serde_json::to_vec(&broken).unwrap()).await;
+    broker.dead_letters(1, Duration::from_secs(20)).await;
+    worker
+        .wait_settled(support::directory_events().len() + 1, Duration::from_secs(20))
+        .await;
+    let log = |id: &str| {
+        let out = worker.cli(&["log", "--event", id]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dead = log("evt-broken-lead");
+    assert!(
+        dead.contains("dead-lettered (bad_data)") && dead.contains("customer"),
+        "{dead}"
+    );
+    let nobody = log("dir-0001");
+    assert!(
+        nobody.contains("seen (directory.partner.upserted) and routed to nobody"),
+        "{nobody}"
+    );
+    assert!(log("evt-no-such-event").contains("never seen"));
     broker.cleanup().await;
 }

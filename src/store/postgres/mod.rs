@@ -22,6 +22,9 @@ mod digests;
 #[allow(clippy::duplicate_mod)]
 #[path = "../sql/entries.rs"]
 mod entries;
+#[allow(clippy::duplicate_mod)]
+#[path = "../sql/events.rs"]
+mod events;
 
 /// What the SQL written once for both stores (`store/sql/`) needs to know of
 /// PostgreSQL: native timestamps, and claims serialised per recipient group
@@ -67,7 +70,7 @@ mod dialect {
 
 use super::{
     ActionCenterEntry, Admission, DigestClaim, DigestOutcome, DigestStore, DirectoryChanges, DirectoryStore,
-    EntryStore, EventStore, HeldGroup, LogEntry, LogStore, Planner, Store, StoreError, record,
+    EntryStore, EventRecord, EventStore, HeldGroup, LogEntry, LogStore, Planner, Store, StoreError, record,
 };
 use crate::event::Event;
 use crate::route::{DigestKey, MemoryState};
@@ -310,6 +313,14 @@ impl DigestStore for PgStore {
 
 #[async_trait]
 impl LogStore for PgStore {
+    async fn record_dead_letter(&self, event_id: &str, reason: &str, detail: &str) -> Result<(), StoreError> {
+        events::record_dead_letter(&self.pool, event_id, reason, detail, Utc::now()).await
+    }
+
+    async fn event_record(&self, event_id: &str) -> Result<EventRecord, StoreError> {
+        events::event_record(&self.pool, event_id).await
+    }
+
     async fn log_for_event(&self, event_id: &str) -> Result<Vec<LogEntry>, StoreError> {
         digests::log_for_event(&self.pool, event_id).await
     }

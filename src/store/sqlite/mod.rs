@@ -26,6 +26,9 @@ mod digests;
 #[allow(clippy::duplicate_mod)]
 #[path = "../sql/entries.rs"]
 mod entries;
+#[allow(clippy::duplicate_mod)]
+#[path = "../sql/events.rs"]
+mod events;
 mod group;
 mod journal;
 
@@ -62,7 +65,7 @@ mod dialect {
 
 use super::{
     ActionCenterEntry, Admission, DigestClaim, DigestOutcome, DigestStore, DirectoryChanges, DirectoryStore,
-    EntryStore, EventStore, HeldGroup, LogEntry, LogStore, Planner, Store, StoreError, record,
+    EntryStore, EventRecord, EventStore, HeldGroup, LogEntry, LogStore, Planner, Store, StoreError, record,
 };
 use crate::event::Event;
 use crate::route::{DigestKey, MemoryState};
@@ -421,6 +424,14 @@ impl DigestStore for SqliteStore {
 
 #[async_trait]
 impl LogStore for SqliteStore {
+    async fn record_dead_letter(&self, event_id: &str, reason: &str, detail: &str) -> Result<(), StoreError> {
+        events::record_dead_letter(&self.writer, event_id, reason, detail, Utc::now()).await
+    }
+
+    async fn event_record(&self, event_id: &str) -> Result<EventRecord, StoreError> {
+        events::event_record(&self.reader, event_id).await
+    }
+
     async fn log_for_event(&self, event_id: &str) -> Result<Vec<LogEntry>, StoreError> {
         digests::log_for_event(&self.reader, event_id).await
     }
