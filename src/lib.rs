@@ -3,21 +3,24 @@
 //! An event travels one way through these modules:
 //!
 //! - [`consume`]: the broker subscription (via [`broker`]): reconnects, bounded
-//!   concurrency, and the one place a message is acked, dead-lettered or requeued.
-//! - [`decode`]: bytes -> a typed [`event::Event`]; failures are permanent (dead-letter).
+//!   concurrency, the ordering gate, and the one place a message is acked,
+//!   dead-lettered or requeued.
+//! - [`decode`]: bytes (or a file) -> a typed [`event::Event`]; failures are permanent (dead-letter).
 //! - [`directory`]: `directory.*` events build who holds which role where.
 //! - [`route`]: rules from `rules/` turn (event, directory, state) into a plan
 //!   of deliveries: who gets which notification, on which channel, and why.
+//! - [`serving`]: the rules and the templates checked against them, swapped together.
+//! - [`flow`]: routes one event and admits it to the [`store`] (idempotency,
+//!   state, notification log), then hands its deliveries to dispatch.
 //! - [`render`]: templates from `templates/` turn each delivery into an email
 //!   (subject, HTML, text) or an Action Center entry; checked at load.
-//! - [`store`]: the plan is made durable (idempotency, state, notification log).
-//! - [`dispatch`]: rendered through the [`dispatch::Renderer`] seam, out by email and Action Center.
-//! - [`flow`]: those steps in order for one event; [`app`] builds and runs it all.
+//! - [`dispatch`]: the one send path per channel, for events and [`digest`]s alike.
 //! - [`digest`]: held deliveries, claimed per recipient and sent as one digest.
+//! - [`app`]: builds each stage once with the parts it uses, and runs them.
 //!
-//! Around the flow: [`config`] (settings), [`error`] (dispositions),
+//! Around the flow: [`config`] (settings), [`error`] (dispositions and failures),
 //! [`telemetry`] (logs, metrics), [`http`] (health, metrics, Action Center API),
-//! and [`cli`] (the rule author's tools).
+//! and [`cli`] (the operators' and authors' tools; nothing else imports it).
 
 pub mod app;
 pub mod broker;

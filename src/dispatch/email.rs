@@ -12,12 +12,12 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use lettre::Message;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
-use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::{Smtp, SmtpTls};
@@ -111,7 +111,8 @@ pub struct Mailer {
 
 enum Transport {
     Smtp(Box<Pool>),
-    Files(AsyncFileTransport<Tokio1Executor>),
+    /// The outbox folder.
+    Files(std::path::PathBuf),
 }
 
 impl Mailer {
@@ -119,7 +120,7 @@ impl Mailer {
         let transport = if smtp.host.is_empty() {
             std::fs::create_dir_all(&smtp.outbox_dir)
                 .map_err(|e| format!("smtp.outbox_dir {}: {e}", smtp.outbox_dir.display()))?;
-            Transport::Files(AsyncFileTransport::new(&smtp.outbox_dir))
+            Transport::Files(smtp.outbox_dir.clone())
         } else {
             Transport::Smtp(Box::new(Pool::new(smtp)?))
         };
@@ -163,7 +164,7 @@ impl Mailer {
     async fn stage(&self, message: Message) -> Result<Staged<'_>, SendError> {
         match &self.transport {
             Transport::Smtp(pool) => pool.stage(message).await,
-            Transport::Files(files) => Ok(Staged::File { files, message }),
+            Transport::Files(dir) => Ok(Staged::File { dir, message }),
         }
     }
 }
@@ -178,7 +179,7 @@ enum Staged<'a> {
         _slot: SemaphorePermit<'a>,
     },
     File {
-        files: &'a AsyncFileTransport<Tokio1Executor>,
+        dir: &'a std::path::Path,
         message: Message,
     },
 }
@@ -197,13 +198,40 @@ impl Staged<'_> {
                 pool.put_back(*connection);
                 Ok(())
             }
-            Staged::File { files, message } => files
-                .send(message)
-                .await
-                .map(|_| ())
-                .map_err(|e| SendError::Transient(e.to_string())),
+            Staged::File { dir, message } => {
+                let path = dir.join(file_name(&message));
+                tokio::fs::write(&path, message.formatted())
+                    .await
+                    .map_err(|e| SendError::Transient(format!("writing {}: {e}", path.display())))
+            }
         }
     }
+}
+
+/// An outbox file's name a person can find: `EVENT.NOTIFICATION.RECIPIENT.eml`
+/// (`evt-lead-1.lead-generated.dana@fabrikam.example.eml`). The same delivery
+/// always has the same name, so writing it again replaces it.
+fn file_name(message: &Message) -> String {
+    let headers = message.headers();
+    let part = |name: &str| headers.get_raw(name).unwrap_or("unknown").to_string();
+    let to = message
+        .envelope()
+        .to()
+        .first()
+        .map_or_else(|| "unknown".to_string(), |a| a.to_string().to_ascii_lowercase());
+    let name = format!("{}.{}.{to}", part("X-Router-Event"), part("X-Router-Notification"));
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "@._-+".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(200)
+        .collect();
+    format!("{safe}.eml")
 }
 
 /// SMTP connections: at most `smtp.pool_max_size` open; an idle one older than

@@ -5,7 +5,7 @@
 //! `render` step.
 //!
 //! A new channel is a file here with its send function, an arm in
-//! [`Dispatcher::send`], and its template parts.
+//! `Dispatcher::send`, and its template parts.
 
 pub mod action_center;
 pub mod email;

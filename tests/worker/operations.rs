@@ -133,6 +133,11 @@ async fn without_an_smtp_host_mail_is_written_as_eml_files(backend: Backend) {
         .filter(|p| p.extension().is_some_and(|e| e == "eml"))
         .collect();
     assert_eq!(files.len(), 1, "log:\n{}", worker.logs());
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(
+        name, "evt-3002.solution-validation-passed.ben@fabrikam.example.eml",
+        "named by event, notification and recipient"
+    );
     let text = std::fs::read_to_string(&files[0]).unwrap();
     assert!(text.contains("To: \"Ben Brooks\" <ben@fabrikam.example>") || text.contains("ben@fabrikam.example"));
     assert!(text.contains("multipart/alternative"), "{text}");
