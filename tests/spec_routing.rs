@@ -336,7 +336,8 @@ fn a_removed_user_is_no_longer_reached() {
     let plan = plan_of(&example("lead.created.contact_me"), &dir, &MemoryState::new());
     assert!(rows(&plan).iter().any(|r| r.2 == "dana@fabrikam.example"));
     dir.apply(&patched("directory.user.removed", |j| {
-        j["data"]["user_id"] = "fab-dana".into()
+        j["data"]["partner_id"] = "fabrikam".into();
+        j["data"]["user_id"] = "fab-dana".into();
     }));
     let plan = plan_of(&example("lead.created.contact_me"), &dir, &MemoryState::new());
     assert!(
