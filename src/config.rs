@@ -263,6 +263,9 @@ impl Settings {
         if self.digest.lease < Duration::from_secs(1) {
             errors.push("digest.lease must be at least 1s".into());
         }
+        if self.shutdown.drain_timeout.is_zero() {
+            errors.push("shutdown.drain_timeout must be longer than zero".into());
+        }
         if self.retry.max_attempts == 0 {
             errors.push("retry.max_attempts must be at least 1".into());
         }

@@ -174,11 +174,15 @@ pub fn decode_message(properties: &BasicProperties, body: &[u8], max: usize) -> 
 }
 
 /// The event id a message carries, as far as it can be read: for naming a
-/// message that does not decode (the `cloudEvents:id` header, else the body's `id`).
-pub fn event_id_of(properties: &BasicProperties, body: &[u8]) -> Option<String> {
+/// message that does not decode (the `cloudEvents:id` header, else the body's
+/// `id`; a body over `max` bytes is not read).
+pub fn event_id_of(properties: &BasicProperties, body: &[u8], max: usize) -> Option<String> {
     let from_header = properties.headers().as_ref().and_then(|h| header_text(h, "id"));
     from_header
         .or_else(|| {
+            if body.len() > max {
+                return None;
+            }
             serde_json::from_slice::<Value>(body)
                 .ok()?
                 .get("id")?

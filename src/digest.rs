@@ -4,16 +4,19 @@
 //! then records the send. A flush that dies is taken over when its lease ends,
 //! as the same digest with the same Message-ID.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::directory::DirectoryView;
 use crate::dispatch::Dispatcher;
+use crate::dispatch::email::Delivered;
 use crate::error::Failure;
 use crate::flow::Flow;
 use crate::route::rules::{DayBoundary, DigestPolicy};
@@ -94,6 +97,8 @@ pub struct Flusher<'a> {
     /// Who is flushing, recorded on claims.
     pub worker: &'a str,
     pub lease: Duration,
+    /// When it fires, the flush stops before its next group (never in the middle of one).
+    pub stop: Option<&'a CancellationToken>,
 }
 
 /// Which digest a group goes out as.
@@ -108,6 +113,9 @@ impl Flusher<'_> {
         let mut report = FlushReport::default();
         let store = &*self.dispatcher.store;
         for group in store.held_groups().await? {
+            if self.stop.is_some_and(CancellationToken::is_cancelled) {
+                break;
+            }
             let policy = self.serving.rules.digest_policy(&group.key.counter).map(|(_, p)| p);
             let now = self.clock.now();
             // A group no rule holds any more is due at once: nothing else would ever send it.
@@ -151,7 +159,11 @@ impl Flusher<'_> {
                       "digest failed for good; its items are marked failed and not retried");
             }
             Err(Failure::Store(e)) => return Err(e),
-            Err(e @ (Failure::Mail(_) | Failure::Broker(_))) => {
+            Err(Failure::TakenOver) => {
+                report.busy += 1;
+                info!(digest = %claim.id, recipient = %claim.recipient, "another flush took this digest over; leaving it to it");
+            }
+            Err(e @ (Failure::Mail(_) | Failure::Broker(_) | Failure::NotYet(_))) => {
                 // The claim stays; the next flush after the lease retries it as the same digest.
                 report.failed += 1;
                 warn!(digest = %claim.id, recipient = %claim.recipient, error = %e, "digest not sent; will retry");
@@ -179,12 +191,20 @@ impl Flusher<'_> {
         let (message, id) = d
             .letterhead
             .compose(&email, how.notification, optional, recipient, &claim.id)?;
+        // Staging and the wait for a turn can be long: the claim must still be ours, for another lease.
+        let still_ours = async {
+            let until =
+                self.clock.now() + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::minutes(5));
+            d.store.renew_digest(&claim.id, self.worker, until).await
+        };
         let record = async {
             let outcome = DigestOutcome::Sent { message_id: &id };
             d.store.settle_digest(&claim.id, &outcome, self.clock.now()).await
         };
-        d.mailer.deliver(message, async { Ok(true) }, record).await?;
-        Ok(id)
+        match d.mailer.deliver(message, still_ours, record).await? {
+            Delivered::Sent => Ok(id),
+            Delivered::TakenOver => Err(Failure::TakenOver),
+        }
     }
 
     /// The digest a claim goes out as: its counter's policy; or, when no rule
@@ -200,25 +220,43 @@ impl Flusher<'_> {
                 template: &p.template,
             });
         }
-        let held_for = claim.items.iter().find_map(|i| i.delivery.held_for.as_ref());
-        let Some(held_for) = held_for else {
-            return Err(Failure::Permanent(format!(
-                "held for counter `{}`, which no rule defines any more, and no digest recorded with them",
+        if let Some(held_for) = claim.items.iter().find_map(|i| i.delivery.held_for.as_ref()) {
+            info!(digest = %claim.id, counter = %claim.key.counter, notification = %held_for.notification,
+                  "no rule holds this counter any more; sending its held items as the digest they were held for");
+            return Ok(DigestAs {
+                notification: &held_for.notification,
+                template: &held_for.template,
+            });
+        }
+        // Held before deliveries kept their digest: the digest of whichever rule now holds their notification.
+        let notification = claim
+            .items
+            .first()
+            .map(|i| i.delivery.notification.as_str())
+            .unwrap_or_default();
+        match self.serving.rules.digest_for(notification) {
+            Some(p) => Ok(DigestAs {
+                notification: &p.notification,
+                template: &p.template,
+            }),
+            None => Err(Failure::NotYet(format!(
+                "held for counter `{}`, which no rule defines any more, with no digest recorded: \
+                 kept until a rule holds `{notification}` for a digest again",
                 claim.key.counter
-            )));
-        };
-        info!(digest = %claim.id, counter = %claim.key.counter, notification = %held_for.notification,
-              "no rule holds this counter any more; sending its held items as the digest they were held for");
-        Ok(DigestAs {
-            notification: &held_for.notification,
-            template: &held_for.template,
-        })
+            ))),
+        }
     }
 }
 
 /// Flushes the held groups in `scope` with the flow's current serving set and
 /// directory, claiming as `worker` for `lease`.
-pub async fn flush_now(flow: &Flow, worker: &str, lease: Duration, scope: Scope) -> Result<FlushReport, StoreError> {
+pub async fn flush_now(
+    flow: &Flow,
+    worker: &str,
+    lease: Duration,
+    scope: Scope,
+    stop: Option<&CancellationToken>,
+) -> Result<FlushReport, StoreError> {
     let serving = flow.serving.current();
     let directory = flow.directory.snapshot();
     let flusher = Flusher {
@@ -228,6 +266,7 @@ pub async fn flush_now(flow: &Flow, worker: &str, lease: Duration, scope: Scope)
         clock: &SystemClock,
         worker,
         lease,
+        stop,
     };
     flusher.flush(scope).await
 }
@@ -243,9 +282,14 @@ pub async fn run_periodically(flow: Arc<Flow>, lease: Duration, every: Duration,
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match flush_now(&flow, &worker, lease, Scope::Due).await {
-            Ok(r) => count(&flow.dispatcher.metrics, &r),
-            Err(e) => warn!(error = %e, "digest flush failed; retrying at the next tick"),
+        let flush = flush_now(&flow, &worker, lease, Scope::Due, Some(&shutdown));
+        match AssertUnwindSafe(flush).catch_unwind().await {
+            Ok(Ok(r)) => count(&flow.dispatcher.metrics, &r),
+            Ok(Err(e)) => warn!(error = %e, "digest flush failed; retrying at the next tick"),
+            Err(_) => {
+                flow.metrics.panics.inc();
+                error!("a digest flush panicked; retrying at the next tick");
+            }
         }
     }
 }

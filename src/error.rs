@@ -53,14 +53,21 @@ pub enum Failure {
     Broker(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// It cannot go out yet, for a reason the text gives; a later attempt may.
+    #[error("{0}")]
+    NotYet(String),
+    /// Another worker took the send over while this one waited; it is theirs now.
+    #[error("taken over by another worker")]
+    TakenOver,
 }
 
 impl From<Failure> for ProcessError {
     fn from(f: Failure) -> Self {
         match f {
-            Failure::Permanent(e) | Failure::Mail(e) => ProcessError::Mail(e),
+            Failure::Permanent(e) | Failure::Mail(e) | Failure::NotYet(e) => ProcessError::Mail(e),
             Failure::Broker(e) => ProcessError::Broker(e),
             Failure::Store(e) => ProcessError::Store(e),
+            Failure::TakenOver => ProcessError::Busy(Duration::from_millis(500)),
         }
     }
 }

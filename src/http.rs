@@ -248,7 +248,15 @@ async fn notification_log(State(app): State<Arc<HttpState>>, _: Operator, Query(
                     v
                 })
                 .collect();
-            Json(json!({ "entries": entries })).into_response()
+            let mut body = json!({ "entries": entries });
+            // For an event with no planned delivery: never seen, routed to nobody, or dead-lettered.
+            if let (Some(id), true) = (q.event.as_deref(), entries.is_empty()) {
+                match app.store.event_record(id.trim()).await {
+                    Ok(record) => body["event"] = json!(record),
+                    Err(e) => return internal(e),
+                }
+            }
+            Json(body).into_response()
         }
         Err(e) => internal(e),
     }

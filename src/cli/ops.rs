@@ -11,7 +11,7 @@ use crate::store::{EventRecord, LogEntry};
 /// Flushes every held digest now (due or not) and says what it did.
 pub async fn digest_flush(app: &App) -> Result<String, String> {
     let worker = format!("flush-{}-{}", hostname(), std::process::id());
-    let r = flush_now(&app.flow, &worker, app.settings.digest.lease, Scope::All)
+    let r = flush_now(&app.flow, &worker, app.settings.digest.lease, Scope::All, None)
         .await
         .map_err(|e| e.to_string())?;
     let mut out = format!("digests sent: {}, leads digested: {}", r.digests_sent, r.leads_digested);

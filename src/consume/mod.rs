@@ -183,15 +183,27 @@ impl Consumer {
         if delivery.redelivered {
             self.metrics.redelivered.inc();
         }
-        let outcome = match decode_message(&delivery.properties, &delivery.data, self.amqp.max_message_bytes) {
+        let outcome = match AssertUnwindSafe(self.outcome(&delivery)).catch_unwind().await {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                error!(panic = %panic_text(panic.as_ref()), "handling a message panicked; the broker delivers it again");
+                self.metrics.panics.inc();
+                Disposition::Requeue
+            }
+        };
+        self.settle(delivery, outcome).await;
+        self.metrics.latency.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Decodes the message and processes its event.
+    async fn outcome(&self, delivery: &Delivery) -> Disposition {
+        match decode_message(&delivery.properties, &delivery.data, self.amqp.max_message_bytes) {
             Err(e) => ProcessError::Decode(e).disposition(),
             Ok(event) => {
                 let span = info_span!("event", event_id = %event.id, event_type = %event.event_type);
                 self.process(&event).instrument(span).await
             }
-        };
-        self.settle(delivery, outcome).await;
-        self.metrics.latency.observe(started.elapsed().as_secs_f64());
+        }
     }
 
     /// Processes one event until it is done, it must go to the dead-letter
@@ -284,7 +296,7 @@ impl Consumer {
 
     /// Notes the dead letter under its event id, so `log --event` can tell it.
     async fn remember_dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) {
-        let Some(id) = event_id_of(&delivery.properties, &delivery.data) else {
+        let Some(id) = event_id_of(&delivery.properties, &delivery.data, self.amqp.max_message_bytes) else {
             return;
         };
         if let Err(e) = self.flow.store.record_dead_letter(&id, reason, detail).await {

@@ -72,10 +72,10 @@ impl Dispatcher {
                       rules = ?d.rules, id = %id, "sent");
                 Ok(())
             }
-            Ok(None) => Ok(()),
+            Ok(None) | Err(Failure::TakenOver) => Ok(()),
             Err(Failure::Permanent(reason)) => Ok(self.failed(item, &reason).await?),
             Err(Failure::Store(e)) => Err(e.into()),
-            Err(transient @ (Failure::Mail(_) | Failure::Broker(_))) => {
+            Err(transient @ (Failure::Mail(_) | Failure::Broker(_) | Failure::NotYet(_))) => {
                 self.store.note_attempt(item.log_id, &transient.to_string()).await?;
                 Err(transient.into())
             }

@@ -37,4 +37,12 @@ impl RuleSet {
             Action::Suppress(_) | Action::Record(_) => None,
         })
     }
+
+    /// The digest policy of the first rule that notifies `notification` and holds it for a digest.
+    pub fn digest_for(&self, notification: &str) -> Option<&DigestPolicy> {
+        self.rules.iter().find_map(|r| match &r.action {
+            Action::Notify(n) if n.notification == notification => n.digest.as_ref(),
+            Action::Notify(_) | Action::Suppress(_) | Action::Record(_) => None,
+        })
+    }
 }

@@ -309,6 +309,12 @@ pub trait DigestStore: Send + Sync {
         lease_until: DateTime<Utc>,
     ) -> Result<Option<DigestClaim>, StoreError>;
 
+    /// Renews this worker's claim on an open digest until `lease_until`;
+    /// false when the claim is no longer this worker's (another flush took it
+    /// over after the lease ran out) or is settled: then it must not be sent.
+    async fn renew_digest(&self, digest_id: &str, worker: &str, lease_until: DateTime<Utc>)
+    -> Result<bool, StoreError>;
+
     /// The digest is settled: sent (its items are digested, in the log too),
     /// or failed for good (its items are failed, in the log too, and never
     /// claimed again).

@@ -146,7 +146,8 @@ async fn without_an_smtp_host_mail_is_written_as_eml_files(backend: Backend) {
 
 async fn log_tells_never_seen_routed_to_nobody_and_dead_lettered_apart(backend: Backend) {
     let _gate = support::shared().await;
-    let (broker, _smtp, worker) = support::start("logkinds", backend, &[]).await;
+    let admin = "operator-token-for-the-log";
+    let (broker, _smtp, worker) = support::start("logkinds", backend, &[("ROUTER__HTTP__ADMIN_TOKEN", admin)]).await;
     let mut broken: serde_json::Value = serde_json::from_slice(&example("lead.created.contact_me.json")).unwrap();
     broken["id"] = "evt-broken-lead".into();
     broken["data"]["lead"].as_object_mut().unwrap().remove("customer");
@@ -171,5 +172,21 @@ async fn log_tells_never_seen_routed_to_nobody_and_dead_lettered_apart(backend: 
         "{nobody}"
     );
     assert!(log("evt-no-such-event").contains("never seen"));
+    let api = |id: &str| {
+        let path = format!("/api/v1/log?event={id}");
+        let http = worker.http.clone();
+        async move {
+            let (status, body) = support::http(&http, "GET", &path, Some(admin)).await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["event"].clone()
+        }
+    };
+    let dead = api("evt-broken-lead").await;
+    assert_eq!(
+        (dead["state"].as_str(), dead["reason"].as_str()),
+        (Some("dead_lettered"), Some("bad_data"))
+    );
+    assert_eq!(api("dir-0001").await["state"], "seen");
+    assert_eq!(api("evt-no-such-event").await["state"], "unknown");
     broker.cleanup().await;
 }

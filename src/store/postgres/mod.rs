@@ -301,6 +301,15 @@ impl DigestStore for PgStore {
         digests::claim(&self.pool, group, worker, now, lease_until).await
     }
 
+    async fn renew_digest(
+        &self,
+        digest_id: &str,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        digests::renew(&self.pool, digest_id, worker, lease_until).await
+    }
+
     async fn settle_digest(
         &self,
         digest_id: &str,

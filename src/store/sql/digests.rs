@@ -169,6 +169,17 @@ async fn open(
     Ok(Some((id, 1)))
 }
 
+pub async fn renew(pool: &Pool, digest_id: &str, worker: &str, lease_until: DateTime<Utc>) -> Result<bool, StoreError> {
+    let renewed =
+        sqlx::query("UPDATE digests SET lease_until = $1 WHERE id = $2 AND claimed_by = $3 AND status = 'claimed'")
+            .bind(stamp(lease_until))
+            .bind(digest_id)
+            .bind(worker)
+            .execute(pool)
+            .await?;
+    Ok(renewed.rows_affected() == 1)
+}
+
 fn held_item(row: &DbRow) -> Result<HeldItem, StoreError> {
     let event_json: String = row.try_get("event_json")?;
     let delivery: String = row.try_get("delivery")?;

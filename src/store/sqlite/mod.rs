@@ -412,6 +412,15 @@ impl DigestStore for SqliteStore {
         digests::claim(&self.writer, group, worker, now, lease_until).await
     }
 
+    async fn renew_digest(
+        &self,
+        digest_id: &str,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        digests::renew(&self.writer, digest_id, worker, lease_until).await
+    }
+
     async fn settle_digest(
         &self,
         digest_id: &str,
