@@ -564,13 +564,36 @@ async fn cleanup() -> Result<(), String> {
     Ok(())
 }
 
+/// `write --events N --directory DIR.jsonl --out EVENTS.jsonl`: the directory
+/// and the mix as files, for `referral-router replay` to read.
+fn write() -> Result<(), String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let events: usize = arg("--events").and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let out = arg("--out").unwrap_or_else(|| "events.jsonl".into());
+    let dir_out = arg("--directory").unwrap_or_else(|| "directory.jsonl".into());
+    let examples: BTreeMap<&str, Value> = [
+        ("lead", "lead.created.contact_me.json"),
+        ("shared", "cosell.opportunity.shared.json"),
+        ("accepted", "cosell.opportunity.accepted.json"),
+        ("dealreg", "dealreg.action_required.json"),
+    ]
+    .into_iter()
+    .map(|(k, f)| (k, example(root, f)))
+    .collect();
+    let lines = |values: &mut dyn Iterator<Item = Value>| values.map(|v| v.to_string() + "\n").collect::<String>();
+    std::fs::write(&dir_out, lines(&mut directory(root).into_iter())).map_err(|e| format!("{dir_out}: {e}"))?;
+    std::fs::write(&out, lines(&mut (0..events).map(|n| event(n, &examples)))).map_err(|e| format!("{out}: {e}"))?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     let result = match std::env::args().nth(1).as_deref() {
+        Some("write") => write(),
         Some("publish") => publish().await,
         Some("check") => check().await,
         Some("cleanup") => cleanup().await,
-        _ => Err("usage: loadgen publish|check [options] (see the top of examples/loadgen.rs)".into()),
+        _ => Err("usage: loadgen publish|check|write [options] (see the top of examples/loadgen.rs)".into()),
     };
     if let Err(e) = result {
         eprintln!("loadgen: {e}");

@@ -10,13 +10,15 @@
 #      CPU time per event and peak RSS come from /proc;
 #   3. memory: a backlog of $BACKLOG events published while the worker is
 #      stopped, then consumed; its peak RSS;
-#   4. rendering against handlebars.js (scripts/bench-render.sh).
+#   4. replay: $REPLAY_EVENTS events of the mix routed from a file, and the
+#      same through two rule sets (replay --against), events per second;
+#   5. rendering against handlebars.js (scripts/bench-render.sh).
 # Needs RabbitMQ on 127.0.0.1:5672 (guest) and PostgreSQL on 127.0.0.1:5432
 # (trust, user postgres). Everything it declares or creates is named bench.*
 # / bench_* with a run id, and is deleted at exit.
 # Last line: `bench: e2e_ratio=X render_ratio=Y rss_mib=Z`.
 # Knobs (environment): EVENTS, BACKLOG (0 skips it), RUNS (medians over them),
-# BACKLOG_LIMIT (seconds), PREFETCH, CONCURRENCY, SMTP_POOL, PG_POOL, STORES, RENDER, PERF_DIR, WORKER_BIN.
+# BACKLOG_LIMIT (seconds), REPLAY_EVENTS (0 skips replay), PREFETCH, CONCURRENCY, SMTP_POOL, PG_POOL, STORES, RENDER, PERF_DIR, WORKER_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -239,6 +241,30 @@ if ((BACKLOG > 0)); then
   stop_worker
 fi
 
+# Replay: routing alone over a file of the same mix, state carried; then the
+# same events through the shipped rules and a copy with the digest threshold at 5.
+REPLAY_EVENTS=${REPLAY_EVENTS:-100000}
+REPLAY_RATE=n/a
+DIFF_RATE=n/a
+if [ "$REPLAY_EVENTS" -gt 0 ]; then
+  log "replay: $REPLAY_EVENTS events"
+  "$BIN/examples/loadgen" write --events "$REPLAY_EVENTS" --directory "$WORK/replay-dir.jsonl" --out "$WORK/replay.jsonl"
+  cp -r rules "$WORK/rules-5"
+  sed -i 's/threshold: 10/threshold: 5/' "$WORK/rules-5/leads.yaml"
+  rate() { awk -v n="$1" -v s="$2" 'BEGIN {printf "%.0f", (s > 0) ? n / s : 0}'; }
+  best() { # the median of $RUNS timings of a command, in seconds
+    for _ in $(seq "$RUNS"); do
+      local t0; t0=$(date +%s.%N)
+      "$@" >/dev/null || [ $? -eq 1 ]
+      awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {print b - a}'
+    done | sort -n | awk '{v[NR]=$1} END {print v[int((NR + 1) / 2)]}'
+  }
+  T=$(best "$WORKER_BIN" replay --directory "$WORK/replay-dir.jsonl" "$WORK/replay.jsonl")
+  REPLAY_RATE=$(rate "$REPLAY_EVENTS" "$T")
+  T=$(best "$WORKER_BIN" replay --directory "$WORK/replay-dir.jsonl" --against rules --rules "$WORK/rules-5" "$WORK/replay.jsonl")
+  DIFF_RATE=$(rate "$REPLAY_EVENTS" "$T")
+fi
+
 RATIO=n/a
 if [ "$RENDER" = 1 ]; then
   log "render: ours against handlebars.js"
@@ -259,5 +285,7 @@ for kind in $STORES; do
     "(median of $RUNS, $EVENTS events)"
 done
 echo "backlog: $BACKLOG_DONE of $BACKLOG events in ${BACKLOG_SECS}s, peak_rss=${BACKLOG_RSS}MiB"
+echo "replay: events/s=$REPLAY_RATE ($REPLAY_EVENTS events, median of $RUNS, loading included)"
+echo "replay-diff: events/s=$DIFF_RATE (two rule sets, threshold 10 against 5)"
 echo "render: ratio=$RATIO (ours / handlebars.js per email)"
 echo "bench: e2e_ratio=$(ratio "${RESULT[sqlite.1]:-0}" "$CEILING") render_ratio=$RATIO rss_mib=$BACKLOG_RSS"

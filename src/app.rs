@@ -55,7 +55,7 @@ impl App {
         info!(rules = current.rules.rules.len(), hash = %current.rules.hash, "rules loaded");
         let metrics = Metrics::new();
         metrics.set_rules(&current.rules.hash);
-        let store = store::connect(&settings.store).await?;
+        let store = store::connect(&settings.store, &settings.archive).await?;
         let dispatcher = Dispatcher {
             store: store.clone(),
             mailer: Mailer::from_settings(&settings.smtp).map_err(StartError::Settings)?,
@@ -97,6 +97,13 @@ impl App {
         let state = HttpState::new(&self.flow, &self.settings.http, publisher.clone());
         let server = tokio::spawn(http::serve(state, listener, self.shutdown.clone()));
         tokio::spawn(signals(self.flow.clone(), self.shutdown.clone()));
+        if self.settings.archive.enabled() {
+            tokio::spawn(prune_archive(
+                self.flow.store.clone(),
+                self.settings.archive.retention,
+                self.shutdown.clone(),
+            ));
+        }
         let flushing = tokio::spawn(digest::run_periodically(
             self.flow.clone(),
             self.settings.digest.lease,
@@ -132,6 +139,26 @@ pub fn reload(flow: &Flow) -> Result<String, crate::serving::LoadError> {
     let set = flow.serving.reload()?;
     flow.metrics.set_rules(&set.rules.hash);
     Ok(set.rules.hash.clone())
+}
+
+/// Forgets archived events older than `retention`, at start and then hourly
+/// (more often for a retention under a day).
+async fn prune_archive(store: Arc<dyn crate::store::Store>, retention: Duration, shutdown: CancellationToken) {
+    let every = (retention / 24).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let before = chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(30));
+        match store.prune_archive(before).await {
+            Ok(0) => {}
+            Ok(n) => info!(events = n, "archive pruned"),
+            Err(e) => warn!(error = %e, "could not prune the archive; trying again later"),
+        }
+    }
 }
 
 async fn signals(flow: Arc<Flow>, shutdown: CancellationToken) {

@@ -174,6 +174,20 @@ pub struct Digest {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+pub struct Archive {
+    /// How long the store keeps each admitted event's body for `replay
+    /// --from-store`; zero keeps none. Events carry customer contact data.
+    #[serde(with = "duration")]
+    pub retention: Duration,
+}
+
+impl Archive {
+    pub fn enabled(&self) -> bool {
+        !self.retention.is_zero()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
 pub struct Shutdown {
     /// How long SIGTERM waits for in-flight messages; what is unfinished then
     /// is left unacked, and the broker delivers it again.
@@ -206,6 +220,7 @@ pub struct Settings {
     pub templates: Templates,
     pub retry: Retry,
     pub digest: Digest,
+    pub archive: Archive,
     pub shutdown: Shutdown,
     pub log: Log,
 }
@@ -470,6 +485,7 @@ fn section_errors(built: &config::Config) -> Vec<String> {
         section::<Templates>(built, "templates"),
         section::<Retry>(built, "retry"),
         section::<Digest>(built, "digest"),
+        section::<Archive>(built, "archive"),
         section::<Shutdown>(built, "shutdown"),
         section::<Log>(built, "log"),
     ]

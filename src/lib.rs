@@ -16,6 +16,8 @@
 //!   (subject, HTML, text) or an Action Center entry; checked at load.
 //! - [`dispatch`]: the one send path per channel, for events and [`digest`]s alike.
 //! - [`digest`]: held deliveries, claimed per recipient and sent as one digest.
+//! - [`replay`]: the same routing over a sequence of events, state carried in
+//!   memory, nothing sent; and the difference two rule sets make.
 //! - [`app`]: builds each stage once with the parts it uses, and runs them.
 //!
 //! Around the flow: [`config`] (settings), [`error`] (dispositions and failures),
@@ -36,6 +38,7 @@ pub mod event;
 pub mod flow;
 pub mod http;
 pub mod render;
+pub mod replay;
 pub mod route;
 pub mod serving;
 pub mod store;

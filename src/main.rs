@@ -64,6 +64,46 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Route files of events in order, state carried across them, sending
+    /// nothing; with --against, through two rule sets, and print the difference
+    /// (exit 0: none, 1: some, 2: error).
+    Replay {
+        /// Event files: `.json` (one event) or `.jsonl` (one per line), replayed in order.
+        files: Vec<PathBuf>,
+        /// The rules to replay through (the change, when comparing); default: the serving ones (`rules.dir`).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Default: the serving ones (`templates.dir`).
+        #[arg(long)]
+        templates: Option<PathBuf>,
+        /// The base rules to compare with (what is deployed).
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// The base templates (default: --templates).
+        #[arg(long, requires = "against")]
+        against_templates: Option<PathBuf>,
+        /// `directory.*` events, one per line, applied before the first event.
+        #[arg(long)]
+        directory: Option<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Replay the store's event archive instead of files (see `archive.retention`).
+        #[arg(long, conflicts_with = "files")]
+        from_store: bool,
+        /// With --from-store: events received since then (`7d`, or an RFC 3339 time).
+        #[arg(long, requires = "from_store", default_value = "7d")]
+        since: String,
+        /// With --from-store: events received before then (default: now).
+        #[arg(long, requires = "from_store")]
+        until: Option<String>,
+        /// With --from-store: only these event types (`lead.*`); repeatable. Directory events always come.
+        #[arg(long = "type", requires = "from_store")]
+        types: Vec<String>,
+        /// With --from-store: the worker's settings (to find the store).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Check or test the routing rules.
     Rules {
         #[command(subcommand)]
@@ -245,6 +285,69 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rules: &rules,
         })),
         Command::Explain { .. } => explain(cli.command),
+        Command::Replay { .. } => Ok(replay(cli.command)),
+    }
+}
+
+/// `replay`: exit 0 (no difference), 1 (a difference), 2 (an error).
+fn replay(command: Command) -> ExitCode {
+    let Command::Replay {
+        files,
+        rules,
+        templates,
+        against,
+        against_templates,
+        directory,
+        json,
+        from_store,
+        since,
+        until,
+        types,
+        config,
+    } = command
+    else {
+        unreachable!("called for replay only");
+    };
+    let serving = match Settings::load(config.as_deref()) {
+        Ok(s) => (s.rules.dir, s.templates.dir),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rules = rules.unwrap_or(serving.0);
+    let templates = templates.unwrap_or(serving.1);
+    let base_templates = against_templates.unwrap_or_else(|| templates.clone());
+    let sets = cli::replay::Sets {
+        rules: &rules,
+        templates: &templates,
+        against: against.as_deref().map(|a| (a, base_templates.as_path())),
+    };
+    let read = if from_store {
+        archived(config.as_deref(), &since, until.as_deref(), types, directory.as_deref())
+    } else if files.is_empty() {
+        Err("give one or more event files (.json, .jsonl), or --from-store".into())
+    } else {
+        cli::replay::start_directory(directory.as_deref()).and_then(|dir| Ok((dir, cli::replay::read_inputs(&files)?)))
+    };
+    let outcome = read.and_then(|(dir, input)| cli::replay::run(&sets, &dir, &input));
+    match outcome {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.json).unwrap_or_default());
+            } else {
+                print!("{}", report.text);
+            }
+            if report.differs {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -351,6 +454,29 @@ fn explain(command: Command) -> anyhow::Result<ExitCode> {
         print!("{}", explain::to_text(&event, &rules, &plan));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The archive's events for `replay --from-store`, and the directory as of the first.
+fn archived(
+    config: Option<&std::path::Path>,
+    since: &str,
+    until: Option<&str>,
+    types: Vec<String>,
+    directory: Option<&std::path::Path>,
+) -> Result<(referral_router::directory::Directory, cli::replay::Input), String> {
+    let settings = Settings::load(config).map_err(|e| e.to_string())?;
+    let now = chrono::Utc::now();
+    let window = cli::replay::Window {
+        since: cli::replay::parse_time(since, now)?,
+        until: until.map_or(Ok(now), |u| cli::replay::parse_time(u, now))?,
+        types,
+    };
+    runtime().map_err(|e| e.to_string())?.block_on(async {
+        let store = referral_router::store::connect(&settings.store, &settings.archive)
+            .await
+            .map_err(|e| e.to_string())?;
+        cli::replay::from_store(&*store, &window, directory).await
+    })
 }
 
 /// Prints a tool's report: the text on success, the errors on failure.

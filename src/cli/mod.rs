@@ -7,6 +7,7 @@ pub mod explain;
 pub mod fixtures;
 pub mod ops;
 pub mod publish;
+pub mod replay;
 pub mod templates;
 
 use std::path::Path;

@@ -221,7 +221,7 @@ pub type Planner<'a> = &'a (dyn Fn(&[(DigestKey, u32)]) -> Plan + Send + Sync);
 
 /// The worker's state, one trait per concern; [`Store`] is all of them.
 #[async_trait]
-pub trait Store: DirectoryStore + EventStore + EntryStore + DigestStore + LogStore {
+pub trait Store: DirectoryStore + EventStore + EntryStore + DigestStore + LogStore + ArchiveStore {
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 }
@@ -326,6 +326,16 @@ pub trait DigestStore: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
+/// The bodies of admitted events, kept for `archive.retention` (see `replay --from-store`).
+#[async_trait]
+pub trait ArchiveStore: Send + Sync {
+    /// Archived events received in `[since, until)`, in the order they were admitted.
+    async fn archived(&self, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<Vec<Event>, StoreError>;
+
+    /// Forgets archived events received before `before`; how many it forgot.
+    async fn prune_archive(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
 /// The notification log: what happened to every planned delivery.
 #[async_trait]
 pub trait LogStore: Send + Sync {
@@ -344,12 +354,15 @@ pub trait LogStore: Send + Sync {
 
 /// Opens and migrates the store named by `settings.url`: `sqlite://PATH` or
 /// `postgres://…` (also `postgresql://`). The one place a backend is chosen.
-pub async fn connect(settings: &crate::config::Store) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn connect(
+    settings: &crate::config::Store,
+    archive: &crate::config::Archive,
+) -> Result<Arc<dyn Store>, StoreError> {
     let url = settings.url.expose();
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(url, settings).await?))
+        Ok(Arc::new(SqliteStore::open(url, settings, archive.enabled()).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::open(settings).await?))
+        Ok(Arc::new(PgStore::open(settings, archive.enabled()).await?))
     } else {
         Err(StoreError::Unsupported(format!(
             "unsupported store url scheme: {}",

@@ -9,6 +9,7 @@ mod hostile;
 mod mail;
 mod operations;
 mod recovery;
+mod replay;
 mod robustness;
 mod scale;
 mod store;

@@ -23,6 +23,7 @@ on_both_backends!(
     directory_changes_converge_in_any_order,
     a_digest_claim_is_exclusive_until_its_lease_ends_and_then_the_same_digest,
     leads_held_after_a_claim_wait_for_the_next_digest,
+    the_archive_keeps_admitted_events_in_order_until_pruned,
 );
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -62,7 +63,14 @@ impl Fixture {
 }
 
 async fn open(db: &TestStore, lease: Duration) -> Arc<dyn Store> {
-    store::connect(&db.settings(lease)).await.unwrap()
+    store::connect(
+        &db.settings(lease),
+        &referral_router::config::Archive {
+            retention: Duration::from_secs(86400),
+        },
+    )
+    .await
+    .unwrap()
 }
 
 async fn admits_once_counts_atomically_and_holds_past_the_threshold(backend: Backend) {
@@ -375,4 +383,59 @@ async fn leads_held_after_a_claim_wait_for_the_next_digest(backend: Backend) {
 async fn with_held_one(fx: &Fixture, store: &dyn Store, n: u32) {
     let event = fx.event("lead.created.contact_me.json", &format!("lead-{n}"));
     assert!(matches!(fx.admit(store, &event).await, Admission::Pending { .. }));
+}
+
+async fn the_archive_keeps_admitted_events_in_order_until_pruned(backend: Backend) {
+    let fx = Fixture::load();
+    let db = TestStore::new(backend).await;
+    let store = open(&db, LEASE).await;
+    let start = chrono::Utc::now() - chrono::Duration::seconds(1);
+    for n in 1..=3 {
+        let event = fx.event("lead.created.contact_me.json", &format!("archived-{n}"));
+        fx.admit(&*store, &event).await;
+        // The same event again is not archived twice.
+        store.admit(&event, &[], &|_| panic!("not re-planned")).await.unwrap();
+    }
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let kept = store.archived(start, later).await.unwrap();
+    let ids: Vec<&str> = kept.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["archived-1", "archived-2", "archived-3"]);
+    assert_eq!(
+        kept[0].data,
+        fx.event("lead.created.contact_me.json", "x").data,
+        "the body as admitted"
+    );
+    assert!(
+        store
+            .archived(start - chrono::Duration::hours(1), start)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert_eq!(
+        store.prune_archive(start).await.unwrap(),
+        0,
+        "nothing is older than the window"
+    );
+    assert_eq!(store.prune_archive(later).await.unwrap(), 3);
+    assert!(store.archived(start, later).await.unwrap().is_empty());
+
+    // With the archive off, nothing is kept.
+    let off = store::connect(
+        &db.settings(LEASE),
+        &referral_router::config::Archive {
+            retention: Duration::ZERO,
+        },
+    )
+    .await
+    .unwrap();
+    fx.admit(&*off, &fx.event("lead.created.contact_me.json", "not-archived"))
+        .await;
+    assert!(
+        off.archived(start, chrono::Utc::now() + chrono::Duration::seconds(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

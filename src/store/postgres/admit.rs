@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
-use super::{PgStore, admission};
+use super::{PgStore, admission, events};
 use crate::event::Event;
 use crate::route::{Delivery, DigestKey};
 use crate::store::{Admission, OutboxItem, Planner, StoreError, StoredDelivery, record};
@@ -41,6 +41,9 @@ pub async fn admit(
     let plan = plan(&positions);
     admission::apply_directory(&mut tx, event).await?;
     admission::apply_records(&mut tx, event, &plan.records).await?;
+    if store.archive {
+        events::archive(&mut tx, event, chrono::Utc::now()).await?;
+    }
     log_deliveries(&mut tx, event, &plan.deliveries).await?;
     let items = claim_pending(&mut tx, store, id).await?;
     tx.commit().await?;

@@ -69,8 +69,9 @@ mod dialect {
 }
 
 use super::{
-    ActionCenterEntry, Admission, DigestClaim, DigestOutcome, DigestStore, DirectoryChanges, DirectoryStore,
-    EntryStore, EventRecord, EventStore, HeldGroup, LogEntry, LogStore, Planner, Store, StoreError, record,
+    ActionCenterEntry, Admission, ArchiveStore, DigestClaim, DigestOutcome, DigestStore, DirectoryChanges,
+    DirectoryStore, EntryStore, EventRecord, EventStore, HeldGroup, LogEntry, LogStore, Planner, Store, StoreError,
+    record,
 };
 use crate::event::Event;
 use crate::route::{DigestKey, MemoryState};
@@ -87,12 +88,14 @@ pub struct PgStore {
     owner: String,
     /// `store.lease` in seconds, for `make_interval`.
     lease_secs: f64,
+    /// Whether admission keeps each event's body (`archive.retention` > 0).
+    archive: bool,
 }
 
 impl PgStore {
     /// Connects to `settings.url` and migrates the database (one worker at a
     /// time: sqlx holds an advisory lock while migrating).
-    pub async fn open(settings: &crate::config::Store) -> Result<Self, StoreError> {
+    pub async fn open(settings: &crate::config::Store, archive: bool) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
@@ -110,6 +113,7 @@ impl PgStore {
             marks,
             owner: super::worker_id(),
             lease_secs: settings.lease.as_secs_f64(),
+            archive,
         })
     }
 }
@@ -317,6 +321,17 @@ impl DigestStore for PgStore {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         digests::settle(&self.pool, digest_id, outcome, now).await
+    }
+}
+
+#[async_trait]
+impl ArchiveStore for PgStore {
+    async fn archived(&self, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<Vec<Event>, StoreError> {
+        events::archived(&self.pool, since, until).await
+    }
+
+    async fn prune_archive(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        events::prune_archive(&self.pool, before).await
     }
 }
 

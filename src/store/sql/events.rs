@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::dialect::{Pool, Stamp, read_stamp, stamp};
-use crate::store::{EventRecord, StoreError};
+use crate::event::Event;
+use crate::store::{EventRecord, StoreError, record};
 
 pub async fn record_dead_letter(
     pool: &Pool,
@@ -46,4 +47,40 @@ pub async fn event_record(pool: &Pool, event_id: &str) -> Result<EventRecord, St
         },
         (None, None) => EventRecord::Unknown,
     })
+}
+
+/// Keeps the event's body in the archive (inside the admission transaction).
+pub async fn archive(conn: &mut super::dialect::Conn, event: &Event, now: DateTime<Utc>) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO archive (event_id, event_type, event_time, received_at, event_json)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(event.id.as_str())
+    .bind(event.event_type.as_str())
+    .bind(stamp(event.time))
+    .bind(stamp(now))
+    .bind(record::cloudevent_json(event))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Forgets archived events received before `before`; how many.
+pub async fn prune_archive(pool: &Pool, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    let done = sqlx::query("DELETE FROM archive WHERE received_at < $1")
+        .bind(stamp(before))
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Archived events received in `[since, until)`, oldest first.
+pub async fn archived(pool: &Pool, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<Vec<Event>, StoreError> {
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT event_json FROM archive WHERE received_at >= $1 AND received_at < $2 ORDER BY seq")
+            .bind(stamp(since))
+            .bind(stamp(until))
+            .fetch_all(pool)
+            .await?;
+    record::decode_rows(rows)
 }

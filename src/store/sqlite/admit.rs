@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::{SqliteStore, admission, now, parse_ts};
+use super::{SqliteStore, admission, events, now, parse_ts};
 use crate::event::Event;
 use crate::route::{Delivery, DigestKey};
 use crate::store::{Admission, OutboxItem, Planner, StoreError, StoredDelivery, record};
@@ -72,6 +72,9 @@ pub async fn admit(
     let plan = plan(&positions);
     admission::apply_directory(tx.conn(), event).await?;
     admission::apply_records(tx.conn(), event, &plan.records).await?;
+    if store.archive {
+        events::archive(tx.conn(), event, chrono::Utc::now()).await?;
+    }
     log_deliveries(tx.conn(), event, &plan.deliveries, &now).await?;
     let items = claim_pending(tx.conn(), store, id).await?;
     tx.commit().await?;

@@ -64,8 +64,9 @@ mod dialect {
 }
 
 use super::{
-    ActionCenterEntry, Admission, DigestClaim, DigestOutcome, DigestStore, DirectoryChanges, DirectoryStore,
-    EntryStore, EventRecord, EventStore, HeldGroup, LogEntry, LogStore, Planner, Store, StoreError, record,
+    ActionCenterEntry, Admission, ArchiveStore, DigestClaim, DigestOutcome, DigestStore, DirectoryChanges,
+    DirectoryStore, EntryStore, EventRecord, EventStore, HeldGroup, LogEntry, LogStore, Planner, Store, StoreError,
+    record,
 };
 use crate::event::Event;
 use crate::route::{DigestKey, MemoryState};
@@ -83,6 +84,8 @@ pub struct SqliteStore {
     /// This worker's name in leases.
     owner: String,
     lease: Duration,
+    /// Whether admission keeps each event's body (`archive.retention` > 0).
+    archive: bool,
 }
 
 fn now() -> String {
@@ -99,7 +102,7 @@ fn parse_ts(raw: &str) -> Option<DateTime<Utc>> {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `sqlite://PATH` and migrates it.
-    pub async fn open(url: &str, settings: &crate::config::Store) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, settings: &crate::config::Store, archive: bool) -> Result<Self, StoreError> {
         let path = url
             .trim_start_matches("sqlite://")
             .trim_start_matches("sqlite:")
@@ -148,6 +151,7 @@ impl SqliteStore {
             uncommitted: Mutex::default(),
             owner: super::worker_id(),
             lease: settings.lease,
+            archive,
         })
     }
 
@@ -428,6 +432,17 @@ impl DigestStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         digests::settle(&self.writer, digest_id, outcome, now).await
+    }
+}
+
+#[async_trait]
+impl ArchiveStore for SqliteStore {
+    async fn archived(&self, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<Vec<Event>, StoreError> {
+        events::archived(&self.reader, since, until).await
+    }
+
+    async fn prune_archive(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        events::prune_archive(&self.writer, before).await
     }
 }
 
