@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use sqlx::{Postgres, QueryBuilder, Row, Transaction};
+use sqlx::{Postgres, Row, Transaction};
 
 use super::{PgStore, admission, events};
 use crate::event::Event;
-use crate::route::{Delivery, DigestKey};
-use crate::store::{Admission, OutboxItem, Planner, StoreError, StoredDelivery, record};
+use crate::route::DigestKey;
+use crate::store::{Admission, OutboxItem, Planner, StoreError, StoredDelivery};
 
 pub async fn admit(
     store: &PgStore,
@@ -44,7 +44,7 @@ pub async fn admit(
     if store.archive {
         events::archive(&mut tx, event, chrono::Utc::now()).await?;
     }
-    log_deliveries(&mut tx, event, &plan.deliveries).await?;
+    admission::log_deliveries(&mut tx, event, &plan.deliveries, chrono::Utc::now()).await?;
     let items = claim_pending(&mut tx, store, id).await?;
     tx.commit().await?;
     Ok(Admission::Pending { fresh: true, items })
@@ -116,68 +116,4 @@ async fn claim_pending(
         .collect::<Result<Vec<_>, StoreError>>()?;
     items.sort_by_key(|item| item.log_id);
     Ok(items)
-}
-
-/// Logs every planned delivery, and keeps each held one for its digest:
-/// a few statements for the whole plan, not one per delivery.
-async fn log_deliveries(
-    tx: &mut Transaction<'_, Postgres>,
-    event: &Event,
-    deliveries: &[Delivery],
-) -> Result<(), StoreError> {
-    let id = event.id.as_str();
-    let rows = record::log_rows(deliveries)?;
-    let mut held = Vec::new();
-    for chunk in rows.chunks(record::ROWS_PER_STATEMENT) {
-        let mut insert = QueryBuilder::<Postgres>::new(
-            "INSERT INTO notification_log
-               (event_id, event_type, notification, channel, recipient, status, rules, delivery, created_at, updated_at) ",
-        );
-        insert.push_values(chunk, |mut row, r| {
-            row.push_bind(id)
-                .push_bind(event.event_type.as_str())
-                .push_bind(&r.delivery.notification)
-                .push_bind(&r.channel)
-                .push_bind(&r.recipient)
-                .push_bind(r.status)
-                .push_bind(&r.rules)
-                .push_bind(&r.stored)
-                .push("now()")
-                .push("now()");
-        });
-        insert.push(
-            " ON CONFLICT (event_id, notification, channel, recipient) DO NOTHING
-              RETURNING id, notification, channel, recipient",
-        );
-        for row in insert.build().fetch_all(&mut **tx).await? {
-            let (notification, channel, recipient): (String, String, String) = (
-                row.try_get("notification")?,
-                row.try_get("channel")?,
-                row.try_get("recipient")?,
-            );
-            if let Some(digest) = record::held_row(chunk, &notification, &channel, &recipient) {
-                held.push((row.try_get::<i64, _>("id")?, digest));
-            }
-        }
-    }
-    if held.is_empty() {
-        return Ok(());
-    }
-    let event_json = record::cloudevent_json(event);
-    for chunk in held.chunks(record::ROWS_PER_STATEMENT) {
-        let mut insert = QueryBuilder::<Postgres>::new(
-            "INSERT INTO held (log_id, counter, partner, day, recipient, created_at, event_json) ",
-        );
-        insert.push_values(chunk, |mut row, (log_id, (key, delivery))| {
-            row.push_bind(*log_id)
-                .push_bind(&key.counter)
-                .push_bind(key.partner.as_str())
-                .push_bind(key.day)
-                .push_bind(delivery.recipient.email.key())
-                .push("now()")
-                .push_bind(event_json.as_str());
-        });
-        insert.build().execute(&mut **tx).await?;
-    }
-    Ok(())
 }

@@ -6,7 +6,6 @@
 //! taken over once its lease runs out.
 
 use async_trait::async_trait;
-use sqlx::Row;
 use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -25,6 +24,22 @@ mod entries;
 #[allow(clippy::duplicate_mod)]
 #[path = "../sql/events.rs"]
 mod events;
+#[allow(clippy::duplicate_mod)]
+#[path = "../sql/traits.rs"]
+mod traits;
+
+/// The backend the shared trait implementations (`store/sql/traits.rs`) are for.
+type Backend = PgStore;
+
+impl PgStore {
+    fn read_pool(&self) -> &dialect::Pool {
+        &self.pool
+    }
+
+    fn write_pool(&self) -> &dialect::Pool {
+        &self.pool
+    }
+}
 
 /// What the SQL written once for both stores (`store/sql/`) needs to know of
 /// PostgreSQL: native timestamps, and claims serialised per recipient group
@@ -68,14 +83,9 @@ mod dialect {
     }
 }
 
-use super::{
-    ActionCenterEntry, Admission, ArchiveStore, DigestClaim, DigestOutcome, DigestStore, DirectoryChanges,
-    DirectoryStore, EntryStore, EventRecord, EventStore, HeldGroup, LogEntry, LogStore, Planner, Store, StoreError,
-    record,
-};
+use super::{ActionCenterEntry, Admission, EntryStore, EventStore, Planner, StoreError};
 use crate::event::Event;
 use crate::route::{DigestKey, MemoryState};
-use chrono::{DateTime, Utc};
 
 pub struct PgStore {
     pool: PgPool,
@@ -119,55 +129,7 @@ impl PgStore {
 }
 
 #[async_trait]
-impl Store for PgStore {
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl DirectoryStore for PgStore {
-    async fn directory_changes(&self, after: i64) -> Result<DirectoryChanges, StoreError> {
-        let rows = sqlx::query("SELECT seq, event_json FROM directory WHERE seq > $1 ORDER BY seq")
-            .bind(after)
-            .fetch_all(&self.pool)
-            .await?;
-        let seq = rows.last().map_or(Ok(after), |r| r.try_get("seq"))?;
-        let raw = rows
-            .into_iter()
-            .map(|r| r.try_get("event_json"))
-            .collect::<Result<Vec<String>, _>>()?;
-        Ok(DirectoryChanges {
-            events: record::decode_rows(raw)?,
-            seq,
-        })
-    }
-}
-
-#[async_trait]
 impl EventStore for PgStore {
-    async fn state_for(&self, event: &Event) -> Result<MemoryState, StoreError> {
-        let mut state = MemoryState::new();
-        let Some(referral) = event.referral() else {
-            return Ok(state);
-        };
-        let rows = sqlx::query("SELECT receiver, status FROM referral_states WHERE referral = $1")
-            .bind(referral.id.as_str())
-            .fetch_all(&self.pool)
-            .await?;
-        for row in rows {
-            let receiver: String = row.try_get("receiver")?;
-            let status: String = row.try_get("status")?;
-            if receiver.is_empty() {
-                state.set_referral_status(referral.id.as_str(), &status);
-            } else {
-                state.set_receiver_status(referral.id.as_str(), &receiver, &status);
-            }
-        }
-        Ok(state)
-    }
-
     async fn admit(&self, event: &Event, counters: &[DigestKey], plan: Planner<'_>) -> Result<Admission, StoreError> {
         admit::admit(self, event, counters, plan).await
     }
@@ -234,27 +196,16 @@ impl EventStore for PgStore {
         Ok(())
     }
 
+    async fn state_for(&self, event: &Event) -> Result<MemoryState, StoreError> {
+        events::state_for(&self.pool, event).await
+    }
+
     async fn mark_failed(&self, log_id: i64, error: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE notification_log SET status = 'failed', error = $1, attempts = attempts + 1, owner = NULL,
-               claim_until = NULL, updated_at = now() WHERE id = $2",
-        )
-        .bind(error)
-        .bind(log_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        events::note(&mut *self.pool.acquire().await?, log_id, error, true).await
     }
 
     async fn note_attempt(&self, log_id: i64, error: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE notification_log SET error = $1, attempts = attempts + 1, updated_at = now() WHERE id = $2",
-        )
-        .bind(error)
-        .bind(log_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        events::note(&mut *self.pool.acquire().await?, log_id, error, false).await
     }
 
     async fn complete(&self, event_id: &str) -> Result<bool, StoreError> {
@@ -286,70 +237,5 @@ impl EntryStore for PgStore {
 
     async fn mark_read(&self, user: &str, id: Option<&str>) -> Result<u64, StoreError> {
         entries::mark_read(&self.pool, user, id).await
-    }
-}
-
-#[async_trait]
-impl DigestStore for PgStore {
-    async fn held_groups(&self) -> Result<Vec<HeldGroup>, StoreError> {
-        digests::groups(&self.pool).await
-    }
-
-    async fn claim_digest(
-        &self,
-        group: &HeldGroup,
-        worker: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Option<DigestClaim>, StoreError> {
-        digests::claim(&self.pool, group, worker, now, lease_until).await
-    }
-
-    async fn renew_digest(
-        &self,
-        digest_id: &str,
-        worker: &str,
-        lease_until: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        digests::renew(&self.pool, digest_id, worker, lease_until).await
-    }
-
-    async fn settle_digest(
-        &self,
-        digest_id: &str,
-        outcome: &DigestOutcome<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        digests::settle(&self.pool, digest_id, outcome, now).await
-    }
-}
-
-#[async_trait]
-impl ArchiveStore for PgStore {
-    async fn archived(&self, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<Vec<Event>, StoreError> {
-        events::archived(&self.pool, since, until).await
-    }
-
-    async fn prune_archive(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        events::prune_archive(&self.pool, before).await
-    }
-}
-
-#[async_trait]
-impl LogStore for PgStore {
-    async fn record_dead_letter(&self, event_id: &str, reason: &str, detail: &str) -> Result<(), StoreError> {
-        events::record_dead_letter(&self.pool, event_id, reason, detail, Utc::now()).await
-    }
-
-    async fn event_record(&self, event_id: &str) -> Result<EventRecord, StoreError> {
-        events::event_record(&self.pool, event_id).await
-    }
-
-    async fn log_for_event(&self, event_id: &str) -> Result<Vec<LogEntry>, StoreError> {
-        digests::log_for_event(&self.pool, event_id).await
-    }
-
-    async fn log_for_recipient(&self, email: &str, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
-        digests::log_for_recipient(&self.pool, email, limit).await
     }
 }

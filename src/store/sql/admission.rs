@@ -1,13 +1,14 @@
 //! The parts of admission both stores write the same way: counting an event
-//! under its digest counters, applying its directory change, and recording
-//! the state its rules ask for. Each runs inside the caller's admission
+//! under its digest counters, applying its directory change, recording the
+//! state its rules ask for, and logging its planned deliveries. Each runs inside the caller's admission
 //! transaction; compiled into each backend with its `dialect`.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use sqlx::{QueryBuilder, Row};
 
-use super::dialect::{Conn, stamp};
+use super::dialect::{Conn, Db, stamp};
 use crate::event::Event;
-use crate::route::{DigestKey, StateChange};
+use crate::route::{Delivery, DigestKey, StateChange};
 use crate::store::{StoreError, record};
 
 /// Counts the event under each key (in key order, so two transactions never
@@ -76,6 +77,74 @@ pub async fn apply_records(conn: &mut Conn, event: &Event, records: &[StateChang
         .bind(stamp(Utc::now()))
         .execute(&mut *conn)
         .await?;
+    }
+    Ok(())
+}
+
+/// Logs every planned delivery, and keeps each held one for its digest: a
+/// few statements for the whole plan, not one per delivery.
+// `Stamp` is text on SQLite (borrowed) and a copied timestamp on PostgreSQL.
+#[allow(clippy::needless_borrows_for_generic_args)]
+pub async fn log_deliveries(
+    conn: &mut Conn,
+    event: &Event,
+    deliveries: &[Delivery],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let now = stamp(now);
+    let id = event.id.as_str();
+    let rows = record::log_rows(deliveries)?;
+    let mut held = Vec::new();
+    for chunk in rows.chunks(record::ROWS_PER_STATEMENT) {
+        let mut insert = QueryBuilder::<Db>::new(
+            "INSERT INTO notification_log
+               (event_id, event_type, notification, channel, recipient, status, rules, delivery, created_at, updated_at) ",
+        );
+        insert.push_values(chunk, |mut row, r| {
+            row.push_bind(id)
+                .push_bind(event.event_type.as_str())
+                .push_bind(&r.delivery.notification)
+                .push_bind(&r.channel)
+                .push_bind(&r.recipient)
+                .push_bind(r.status)
+                .push_bind(&r.rules)
+                .push_bind(&r.stored)
+                .push_bind(&now)
+                .push_bind(&now);
+        });
+        insert.push(
+            " ON CONFLICT (event_id, notification, channel, recipient) DO NOTHING
+              RETURNING id, notification, channel, recipient",
+        );
+        for row in insert.build().fetch_all(&mut *conn).await? {
+            let (notification, channel, recipient): (String, String, String) = (
+                row.try_get("notification")?,
+                row.try_get("channel")?,
+                row.try_get("recipient")?,
+            );
+            if let Some(digest) = record::held_row(chunk, &notification, &channel, &recipient) {
+                held.push((row.try_get::<i64, _>("id")?, digest));
+            }
+        }
+    }
+    if held.is_empty() {
+        return Ok(());
+    }
+    let event_json = record::cloudevent_json(event);
+    for chunk in held.chunks(record::ROWS_PER_STATEMENT) {
+        let mut insert = QueryBuilder::<Db>::new(
+            "INSERT INTO held (log_id, counter, partner, day, recipient, created_at, event_json) ",
+        );
+        insert.push_values(chunk, |mut row, (log_id, (key, delivery))| {
+            row.push_bind(*log_id)
+                .push_bind(&key.counter)
+                .push_bind(key.partner.as_str())
+                .push_bind(key.day)
+                .push_bind(delivery.recipient.email.key())
+                .push_bind(&now)
+                .push_bind(event_json.as_str());
+        });
+        insert.build().execute(&mut *conn).await?;
     }
     Ok(())
 }

@@ -7,7 +7,48 @@ use sqlx::Row;
 
 use super::dialect::{Pool, Stamp, read_stamp, stamp};
 use crate::event::Event;
+use crate::route::MemoryState;
 use crate::store::{EventRecord, StoreError, record};
+
+/// The statuses recorded for the event's referral and its receivers.
+pub async fn state_for(pool: &Pool, event: &Event) -> Result<MemoryState, StoreError> {
+    let mut state = MemoryState::new();
+    let Some(referral) = event.referral() else {
+        return Ok(state);
+    };
+    let rows = sqlx::query("SELECT receiver, status FROM referral_states WHERE referral = $1")
+        .bind(referral.id.as_str())
+        .fetch_all(pool)
+        .await?;
+    for row in rows {
+        let receiver: String = row.try_get("receiver")?;
+        let status: String = row.try_get("status")?;
+        if receiver.is_empty() {
+            state.set_referral_status(referral.id.as_str(), &status);
+        } else {
+            state.set_receiver_status(referral.id.as_str(), &receiver, &status);
+        }
+    }
+    Ok(state)
+}
+
+/// Notes an error on a delivery's log row: a transient one (counted as an
+/// attempt), or, when `failed`, the reason it will never go out.
+pub async fn note(conn: &mut super::dialect::Conn, log_id: i64, error: &str, failed: bool) -> Result<(), StoreError> {
+    let sql = if failed {
+        "UPDATE notification_log SET status = 'failed', error = $1, attempts = attempts + 1, owner = NULL,
+           claim_until = NULL, updated_at = $2 WHERE id = $3"
+    } else {
+        "UPDATE notification_log SET error = $1, attempts = attempts + 1, updated_at = $2 WHERE id = $3"
+    };
+    sqlx::query(sql)
+        .bind(error)
+        .bind(stamp(Utc::now()))
+        .bind(log_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
 
 pub async fn record_dead_letter(
     pool: &Pool,

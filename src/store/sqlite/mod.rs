@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 mod admit;
@@ -29,6 +28,22 @@ mod entries;
 #[allow(clippy::duplicate_mod)]
 #[path = "../sql/events.rs"]
 mod events;
+#[allow(clippy::duplicate_mod)]
+#[path = "../sql/traits.rs"]
+mod traits;
+
+/// The backend the shared trait implementations (`store/sql/traits.rs`) are for.
+type Backend = SqliteStore;
+
+impl SqliteStore {
+    fn read_pool(&self) -> &dialect::Pool {
+        &self.reader
+    }
+
+    fn write_pool(&self) -> &dialect::Pool {
+        &self.writer
+    }
+}
 mod group;
 mod journal;
 
@@ -63,11 +78,7 @@ mod dialect {
     }
 }
 
-use super::{
-    ActionCenterEntry, Admission, ArchiveStore, DigestClaim, DigestOutcome, DigestStore, DirectoryChanges,
-    DirectoryStore, EntryStore, EventRecord, EventStore, HeldGroup, LogEntry, LogStore, Planner, Store, StoreError,
-    record,
-};
+use super::{ActionCenterEntry, Admission, EntryStore, EventStore, Planner, StoreError, record};
 use crate::event::Event;
 use crate::route::{DigestKey, MemoryState};
 
@@ -195,55 +206,7 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl DirectoryStore for SqliteStore {
-    async fn directory_changes(&self, after: i64) -> Result<DirectoryChanges, StoreError> {
-        let rows = sqlx::query("SELECT seq, event_json FROM directory WHERE seq > ? ORDER BY seq")
-            .bind(after)
-            .fetch_all(&self.reader)
-            .await?;
-        let seq = rows.last().map_or(Ok(after), |r| r.try_get("seq"))?;
-        let raw = rows
-            .into_iter()
-            .map(|r| r.try_get("event_json"))
-            .collect::<Result<Vec<String>, _>>()?;
-        Ok(DirectoryChanges {
-            events: record::decode_rows(raw)?,
-            seq,
-        })
-    }
-}
-
-#[async_trait]
 impl EventStore for SqliteStore {
-    async fn state_for(&self, event: &Event) -> Result<MemoryState, StoreError> {
-        let mut state = MemoryState::new();
-        let Some(referral) = event.referral() else {
-            return Ok(state);
-        };
-        let rows = sqlx::query("SELECT receiver, status FROM referral_states WHERE referral = ?")
-            .bind(referral.id.as_str())
-            .fetch_all(&self.reader)
-            .await?;
-        for row in rows {
-            let receiver: String = row.try_get("receiver")?;
-            let status: String = row.try_get("status")?;
-            if receiver.is_empty() {
-                state.set_referral_status(referral.id.as_str(), &status);
-            } else {
-                state.set_receiver_status(referral.id.as_str(), &receiver, &status);
-            }
-        }
-        Ok(state)
-    }
-
     async fn admit(&self, event: &Event, counters: &[DigestKey], plan: Planner<'_>) -> Result<Admission, StoreError> {
         // Sends written down for this event and not yet committed go in first,
         // so a retried event never claims what already went out.
@@ -329,28 +292,19 @@ impl EventStore for SqliteStore {
         tx.commit().await
     }
 
+    async fn state_for(&self, event: &Event) -> Result<MemoryState, StoreError> {
+        events::state_for(&self.reader, event).await
+    }
+
     async fn mark_failed(&self, log_id: i64, error: &str) -> Result<(), StoreError> {
         let mut tx = self.group.begin_statement().await?;
-        sqlx::query(
-            "UPDATE notification_log SET status = 'failed', error = ?, attempts = attempts + 1, owner = NULL,
-               claim_until = NULL, updated_at = ? WHERE id = ?",
-        )
-        .bind(error)
-        .bind(now())
-        .bind(log_id)
-        .execute(tx.conn())
-        .await?;
+        events::note(tx.conn(), log_id, error, true).await?;
         tx.commit().await
     }
 
     async fn note_attempt(&self, log_id: i64, error: &str) -> Result<(), StoreError> {
         let mut tx = self.group.begin_statement().await?;
-        sqlx::query("UPDATE notification_log SET error = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?")
-            .bind(error)
-            .bind(now())
-            .bind(log_id)
-            .execute(tx.conn())
-            .await?;
+        events::note(tx.conn(), log_id, error, false).await?;
         tx.commit().await
     }
 
@@ -397,71 +351,6 @@ impl EntryStore for SqliteStore {
 
     async fn mark_read(&self, user: &str, id: Option<&str>) -> Result<u64, StoreError> {
         entries::mark_read(&self.writer, user, id).await
-    }
-}
-
-#[async_trait]
-impl DigestStore for SqliteStore {
-    async fn held_groups(&self) -> Result<Vec<HeldGroup>, StoreError> {
-        digests::groups(&self.writer).await
-    }
-
-    async fn claim_digest(
-        &self,
-        group: &HeldGroup,
-        worker: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Option<DigestClaim>, StoreError> {
-        digests::claim(&self.writer, group, worker, now, lease_until).await
-    }
-
-    async fn renew_digest(
-        &self,
-        digest_id: &str,
-        worker: &str,
-        lease_until: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        digests::renew(&self.writer, digest_id, worker, lease_until).await
-    }
-
-    async fn settle_digest(
-        &self,
-        digest_id: &str,
-        outcome: &DigestOutcome<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        digests::settle(&self.writer, digest_id, outcome, now).await
-    }
-}
-
-#[async_trait]
-impl ArchiveStore for SqliteStore {
-    async fn archived(&self, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<Vec<Event>, StoreError> {
-        events::archived(&self.reader, since, until).await
-    }
-
-    async fn prune_archive(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        events::prune_archive(&self.writer, before).await
-    }
-}
-
-#[async_trait]
-impl LogStore for SqliteStore {
-    async fn record_dead_letter(&self, event_id: &str, reason: &str, detail: &str) -> Result<(), StoreError> {
-        events::record_dead_letter(&self.writer, event_id, reason, detail, Utc::now()).await
-    }
-
-    async fn event_record(&self, event_id: &str) -> Result<EventRecord, StoreError> {
-        events::event_record(&self.reader, event_id).await
-    }
-
-    async fn log_for_event(&self, event_id: &str) -> Result<Vec<LogEntry>, StoreError> {
-        digests::log_for_event(&self.reader, event_id).await
-    }
-
-    async fn log_for_recipient(&self, email: &str, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
-        digests::log_for_recipient(&self.reader, email, limit).await
     }
 }
 

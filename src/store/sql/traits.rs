@@ -1,0 +1,106 @@
+//! The store traits whose SQL is the same on both backends, implemented once
+//! and compiled into each backend (`Backend`, with its `read_pool` and
+//! `write_pool`).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use super::{Backend, digests, events};
+use crate::event::Event;
+use crate::store::{
+    ArchiveStore, DigestClaim, DigestOutcome, DigestStore, DirectoryChanges, DirectoryStore, EventRecord, HeldGroup,
+    LogEntry, LogStore, Store, StoreError, record,
+};
+
+#[async_trait]
+impl Store for Backend {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(self.read_pool()).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DirectoryStore for Backend {
+    async fn directory_changes(&self, after: i64) -> Result<DirectoryChanges, StoreError> {
+        let rows = sqlx::query("SELECT seq, event_json FROM directory WHERE seq > $1 ORDER BY seq")
+            .bind(after)
+            .fetch_all(self.read_pool())
+            .await?;
+        let seq = rows.last().map_or(Ok(after), |r| r.try_get("seq"))?;
+        let raw = rows
+            .into_iter()
+            .map(|r| r.try_get("event_json"))
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(DirectoryChanges {
+            events: record::decode_rows(raw)?,
+            seq,
+        })
+    }
+}
+
+#[async_trait]
+impl DigestStore for Backend {
+    async fn held_groups(&self) -> Result<Vec<HeldGroup>, StoreError> {
+        digests::groups(self.write_pool()).await
+    }
+
+    async fn claim_digest(
+        &self,
+        group: &HeldGroup,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<DigestClaim>, StoreError> {
+        digests::claim(self.write_pool(), group, worker, now, lease_until).await
+    }
+
+    async fn renew_digest(
+        &self,
+        digest_id: &str,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        digests::renew(self.write_pool(), digest_id, worker, lease_until).await
+    }
+
+    async fn settle_digest(
+        &self,
+        digest_id: &str,
+        outcome: &DigestOutcome<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        digests::settle(self.write_pool(), digest_id, outcome, now).await
+    }
+}
+
+#[async_trait]
+impl ArchiveStore for Backend {
+    async fn archived(&self, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<Vec<Event>, StoreError> {
+        events::archived(self.read_pool(), since, until).await
+    }
+
+    async fn prune_archive(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        events::prune_archive(self.write_pool(), before).await
+    }
+}
+
+#[async_trait]
+impl LogStore for Backend {
+    async fn record_dead_letter(&self, event_id: &str, reason: &str, detail: &str) -> Result<(), StoreError> {
+        events::record_dead_letter(self.write_pool(), event_id, reason, detail, Utc::now()).await
+    }
+
+    async fn event_record(&self, event_id: &str) -> Result<EventRecord, StoreError> {
+        events::event_record(self.read_pool(), event_id).await
+    }
+
+    async fn log_for_event(&self, event_id: &str) -> Result<Vec<LogEntry>, StoreError> {
+        digests::log_for_event(self.read_pool(), event_id).await
+    }
+
+    async fn log_for_recipient(&self, email: &str, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
+        digests::log_for_recipient(self.read_pool(), email, limit).await
+    }
+}
