@@ -8,7 +8,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use futures_util::FutureExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,7 @@ use crate::dispatch::Dispatcher;
 use crate::dispatch::email::Delivered;
 use crate::error::Failure;
 use crate::flow::Flow;
+use crate::route::DigestKey;
 use crate::route::rules::{DayBoundary, DigestPolicy};
 use crate::serving::ServingSet;
 use crate::store::{DigestClaim, DigestOutcome, HeldGroup, StoreError};
@@ -71,6 +72,29 @@ pub fn is_due(group: &HeldGroup, policy: &DigestPolicy, dir: &dyn DirectoryView,
     };
     let waited = (now - group.oldest).to_std().unwrap_or(Duration::ZERO);
     group.key.day < today || waited >= policy.flush_every
+}
+
+/// When a group held since `oldest` falls due: a whole flush interval later,
+/// or at the end of its day (in the partner's time zone), whichever is first.
+/// The same moment [`is_due`] first answers yes for.
+pub fn due_at(key: &DigestKey, oldest: DateTime<Utc>, policy: &DigestPolicy, dir: &dyn DirectoryView) -> DateTime<Utc> {
+    let interval = oldest + chrono::Duration::from_std(policy.flush_every).unwrap_or(chrono::Duration::hours(1));
+    let Some(next_day) = key.day.succ_opt().and_then(|d| d.and_hms_opt(0, 0, 0)) else {
+        return interval;
+    };
+    let midnight = match policy.day {
+        DayBoundary::Utc => Some(next_day.and_utc()),
+        DayBoundary::PartnerLocal => {
+            let tz = dir
+                .partner(&key.partner)
+                .and_then(|p| p.time_zone.as_ref())
+                .map_or(chrono_tz::UTC, |t| t.tz());
+            tz.from_local_datetime(&next_day)
+                .earliest()
+                .map(|t| t.with_timezone(&Utc))
+        }
+    };
+    midnight.map_or(interval, |m| m.min(interval))
 }
 
 /// What one flush did.
@@ -367,6 +391,12 @@ mod tests {
         let late = group("2026-11-20", "2026-11-21T07:30:00Z");
         assert!(!is_due(&late, policy, &dir, "2026-11-21T07:59:59Z".parse().unwrap()));
         assert!(is_due(&late, policy, &dir, "2026-11-21T08:00:00Z".parse().unwrap()));
+        // due_at names the first moment is_due says yes.
+        for g in [&g, &late] {
+            let at = due_at(&g.key, g.oldest, policy, &dir);
+            assert!(is_due(g, policy, &dir, at));
+            assert!(!is_due(g, policy, &dir, at - chrono::Duration::seconds(1)));
+        }
         // UTC midnight is not the partner's midnight.
         let utc_evening = group("2026-11-20", "2026-11-20T23:50:00Z");
         assert!(!is_due(

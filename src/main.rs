@@ -330,14 +330,11 @@ fn replay(command: Command) -> ExitCode {
     } else {
         cli::replay::start_directory(directory.as_deref()).and_then(|dir| Ok((dir, cli::replay::read_inputs(&files)?)))
     };
-    let outcome = read.and_then(|(dir, input)| cli::replay::run(&sets, &dir, &input));
+    let outcome = read.and_then(|(dir, input)| cli::replay::run(&sets, &dir, &input, json));
     match outcome {
         Ok(report) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report.json).unwrap_or_default());
-            } else {
-                print!("{}", report.text);
-            }
+            eprint!("{}", report.notes);
+            print!("{}", report.out);
             if report.differs {
                 ExitCode::from(1)
             } else {

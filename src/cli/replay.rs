@@ -67,10 +67,12 @@ pub struct Sets<'a> {
     pub against: Option<(&'a Path, &'a Path)>,
 }
 
-/// What a replay printed, and how it exits: 0, or 1 for a difference.
+/// What a replay prints (its text, or with `--json` its JSON), and how it
+/// exits: 0, or 1 for a difference.
 pub struct Report {
-    pub text: String,
-    pub json: serde_json::Value,
+    pub out: String,
+    /// For stderr: the lines that were not events, when `out` is JSON.
+    pub notes: String,
     pub differs: bool,
 }
 
@@ -79,7 +81,7 @@ fn load(rules: &Path, templates: &Path) -> Result<ServingSet, String> {
 }
 
 /// Replays `input` from `directory` through the set(s).
-pub fn run(sets: &Sets<'_>, directory: &Directory, input: &Input) -> Result<Report, String> {
+pub fn run(sets: &Sets<'_>, directory: &Directory, input: &Input, json: bool) -> Result<Report, String> {
     let change = load(sets.rules, sets.templates)?;
     let Some((base_rules, base_templates)) = sets.against else {
         let engine = Engine {
@@ -87,15 +89,19 @@ pub fn run(sets: &Sets<'_>, directory: &Directory, input: &Input) -> Result<Repo
             templates: None,
         };
         let (planned, duplicates) = replay(&engine, directory.clone(), &input.events);
-        return Ok(plain(input, &planned, duplicates));
+        return Ok(plain(input, &planned, duplicates, json));
     };
     let base = load(base_rules, base_templates)?;
     // Subjects can differ only when the templates do.
     let subjects = base_templates != sets.templates;
-    let (from, _) = replay(&engine(&base, subjects), directory.clone(), &input.events);
-    let (to, duplicates) = replay(&engine(&change, subjects), directory.clone(), &input.events);
+    // The two replays are independent: side by side.
+    let ((from, _), (to, duplicates)) = std::thread::scope(|scope| {
+        let base = scope.spawn(|| replay(&engine(&base, subjects), directory.clone(), &input.events));
+        let change = replay(&engine(&change, subjects), directory.clone(), &input.events);
+        (base.join().expect("the base replay does not panic"), change)
+    });
     let d = diff(input.events.len() - duplicates, &from, &to);
-    Ok(differences(input, d))
+    Ok(differences(input, d, json))
 }
 
 /// The engine over a set, rendering subjects when they are to be compared.
@@ -117,8 +123,30 @@ fn bad_text(input: &Input) -> String {
     out
 }
 
-fn plain(input: &Input, planned: &[Planned], duplicates: usize) -> Report {
+fn plain(input: &Input, planned: &[Planned], duplicates: usize, json: bool) -> Report {
     let tallies = summary(planned);
+    if json {
+        let rows: Vec<_> = tallies
+            .iter()
+            .map(|((notification, channel), t)| {
+                let mut v = serde_json::to_value(t).unwrap_or_default();
+                v["notification"] = notification.clone().into();
+                v["channel"] = channel.clone().into();
+                v
+            })
+            .collect();
+        let out = serde_json::json!({
+            "events": input.events.len() - duplicates,
+            "bad_lines": input.bad,
+            "summary": rows,
+            "deliveries": planned,
+        });
+        return Report {
+            out: serde_json::to_string_pretty(&out).unwrap_or_default() + "\n",
+            notes: bad_text(input),
+            differs: false,
+        };
+    }
     let mut text = bad_text(input);
     let _ = writeln!(
         text,
@@ -141,33 +169,25 @@ fn plain(input: &Input, planned: &[Planned], duplicates: usize) -> Report {
             let _ = writeln!(text, "{:<48}suppressed by {rule}: {n}", "");
         }
     }
-    let rows: Vec<_> = tallies
-        .iter()
-        .map(|((notification, channel), t)| {
-            let mut v = serde_json::to_value(t).unwrap_or_default();
-            v["notification"] = notification.clone().into();
-            v["channel"] = channel.clone().into();
-            v
-        })
-        .collect();
-    let json = serde_json::json!({
-        "events": input.events.len() - duplicates,
-        "bad_lines": input.bad,
-        "summary": rows,
-        "deliveries": planned,
-    });
     Report {
-        text,
-        json,
+        out: text,
+        notes: String::new(),
         differs: false,
     }
 }
 
-fn differences(input: &Input, d: Diff) -> Report {
-    let text = bad_text(input) + &d.to_text();
+fn differences(input: &Input, d: Diff, json: bool) -> Report {
+    let (out, notes) = if json {
+        (
+            serde_json::to_string_pretty(&d).unwrap_or_default() + "\n",
+            bad_text(input),
+        )
+    } else {
+        (bad_text(input) + &d.to_text(), String::new())
+    };
     Report {
-        text,
-        json: serde_json::to_value(&d).unwrap_or_default(),
+        out,
+        notes,
         differs: !d.is_empty(),
     }
 }

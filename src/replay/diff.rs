@@ -2,7 +2,7 @@
 //! deployed) and the change. Deliveries are matched on (event, notification,
 //! channel, recipient); a digest is matched under its first held event.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write;
 
 use serde::Serialize;
@@ -87,8 +87,8 @@ fn version(p: &Planned) -> Version {
 
 /// Compares the base's deliveries with the change's, in the change's order.
 pub fn diff(events: usize, base: &[Planned], change: &[Planned]) -> Diff {
-    let base_by: BTreeMap<Key, &Planned> = base.iter().map(|p| (key(p), p)).collect();
-    let change_by: BTreeMap<Key, &Planned> = change.iter().map(|p| (key(p), p)).collect();
+    let base_by: HashMap<Key, &Planned> = base.iter().map(|p| (key(p), p)).collect();
+    let change_by: HashSet<Key> = change.iter().map(key).collect();
     let mut out = Diff {
         events,
         ..Diff::default()
@@ -109,11 +109,7 @@ pub fn diff(events: usize, base: &[Planned], change: &[Planned]) -> Diff {
             Some(_) => {}
         }
     }
-    out.removed = base
-        .iter()
-        .filter(|p| !change_by.contains_key(&key(p)))
-        .map(side)
-        .collect();
+    out.removed = base.iter().filter(|p| !change_by.contains(&key(p))).map(side).collect();
     out.summary = Counts {
         added: out.added.len(),
         removed: out.removed.len(),

@@ -15,13 +15,12 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::digest::is_due;
+use crate::digest::due_at;
 use crate::directory::Directory;
 use crate::event::Event;
 use crate::render::{Rendered, Templates};
 use crate::route::rules::Channel;
-use crate::route::{Decision, Delivery, DigestKey, MemoryState, RuleSet, route};
-use crate::store::HeldGroup;
+use crate::route::{Decision, Delivery, DigestKey, MemoryState, RuleSet, StateView, route};
 
 /// What a replayed delivery became.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -67,7 +66,6 @@ pub struct Engine<'a> {
 
 /// Held items of one (counter, partner, day, recipient), waiting for their digest.
 struct Held {
-    oldest: DateTime<Utc>,
     /// Indexes of the held deliveries in the output, and their events.
     items: Vec<(usize, Event)>,
     /// The digest they wait for (notification, template) and a delivery to address it to.
@@ -83,6 +81,8 @@ pub struct Replay<'a> {
     state: MemoryState,
     seen: HashSet<String>,
     held: BTreeMap<(DigestKey, String), Held>,
+    /// The held groups by when they fall due.
+    due: BTreeSet<(DateTime<Utc>, (DigestKey, String))>,
     pub planned: Vec<Planned>,
     pub events: usize,
     pub duplicates: usize,
@@ -96,6 +96,7 @@ impl<'a> Replay<'a> {
             state: MemoryState::new(),
             seen: HashSet::new(),
             held: BTreeMap::new(),
+            due: BTreeSet::new(),
             planned: Vec::new(),
             events: 0,
             duplicates: 0,
@@ -111,11 +112,12 @@ impl<'a> Replay<'a> {
         }
         self.events += 1;
         self.flush(Some(event.time));
-        let counters = route(event, self.engine.rules, &self.directory, &self.state).counters;
-        for key in &counters {
+        // Routed once, with each counter read as it will be once this event is
+        // counted: the position the worker's admission gives it.
+        let plan = route(event, self.engine.rules, &self.directory, &Counting(&self.state));
+        for key in &plan.counters {
             self.state.count(key);
         }
-        let plan = route(event, self.engine.rules, &self.directory, &self.state);
         self.state.apply(&plan.records);
         let mut session = self.engine.templates.map(|t| t.session(event));
         for d in plan.deliveries {
@@ -162,47 +164,47 @@ impl<'a> Replay<'a> {
             subject,
         });
         if let (Outcome::Hold, Some(key), Some(held_for)) = (decision, d.digest.clone(), d.held_for.clone()) {
-            let group = self.held.entry((key, d.recipient.email.key())).or_insert_with(|| Held {
-                oldest: event.time,
-                items: Vec::new(),
-                notification: held_for.notification,
-                template: held_for.template,
-                delivery: d,
-            });
-            group.items.push((index, event.clone()));
+            let group = (key, d.recipient.email.key());
+            if !self.held.contains_key(&group) {
+                let due = self.due_at(&group.0, event.time);
+                self.due.insert((due, group.clone()));
+                self.held.insert(
+                    group.clone(),
+                    Held {
+                        items: Vec::new(),
+                        notification: held_for.notification,
+                        template: held_for.template,
+                        delivery: d,
+                    },
+                );
+            }
+            if let Some(held) = self.held.get_mut(&group) {
+                held.items.push((index, event.clone()));
+            }
         }
     }
 
     /// Sends the digests due at `now` (all of them when `None`: the end of the replay).
     pub fn flush(&mut self, now: Option<DateTime<Utc>>) {
-        let due: Vec<(DigestKey, String)> = self
-            .held
-            .iter()
-            .filter(|((key, recipient), held)| match now {
-                None => true,
-                Some(now) => self.is_due(key, recipient, held, now),
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in due {
-            if let Some(held) = self.held.remove(&k) {
+        while let Some((due, _)) = self.due.first() {
+            if now.is_some_and(|now| *due > now) {
+                break;
+            }
+            let Some((_, group)) = self.due.pop_first() else {
+                break;
+            };
+            if let Some(held) = self.held.remove(&group) {
                 self.send_digest(held);
             }
         }
     }
 
-    fn is_due(&self, key: &DigestKey, recipient: &str, held: &Held, now: DateTime<Utc>) -> bool {
-        let Some((_, policy)) = self.engine.rules.digest_policy(&key.counter) else {
-            // No rule holds the counter any more: the worker sends it at its next flush.
-            return true;
-        };
-        let group = HeldGroup {
-            key: key.clone(),
-            recipient: recipient.to_string(),
-            oldest: held.oldest,
-            items: u32::try_from(held.items.len()).unwrap_or(u32::MAX),
-        };
-        is_due(&group, policy, &self.directory, now)
+    /// When a group held from `oldest` falls due; at once when no rule holds its counter any more.
+    fn due_at(&self, key: &DigestKey, oldest: DateTime<Utc>) -> DateTime<Utc> {
+        match self.engine.rules.digest_policy(&key.counter) {
+            Some((_, policy)) => due_at(key, oldest, policy, &self.directory),
+            None => oldest,
+        }
     }
 
     fn send_digest(&mut self, held: Held) {
@@ -236,6 +238,24 @@ impl<'a> Replay<'a> {
     pub fn finish(mut self) -> Vec<Planned> {
         self.flush(None);
         self.planned
+    }
+}
+
+/// The state as routing sees it for an event about to be counted: each
+/// counter one past what earlier events counted.
+struct Counting<'s>(&'s MemoryState);
+
+impl StateView for Counting<'_> {
+    fn receiver_status(&self, referral: &str, receiver: &str) -> Option<String> {
+        self.0.receiver_status(referral, receiver)
+    }
+
+    fn referral_status(&self, referral: &str) -> Option<String> {
+        self.0.referral_status(referral)
+    }
+
+    fn digest_position(&self, key: &DigestKey) -> u32 {
+        self.0.digest_position_of(key) + 1
     }
 }
 
