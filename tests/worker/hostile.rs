@@ -93,7 +93,11 @@ async fn oversized_nested_and_invalid_messages_are_dead_lettered_and_the_worker_
         worker.logs()
     );
     let too_large = dead.iter().find(|d| d.reason == "too_large").unwrap();
-    assert!(too_large.error.contains("over the limit of 65536"), "{}", too_large.error);
+    assert!(
+        too_large.error.contains("over the limit of 65536"),
+        "{}",
+        too_large.error
+    );
     assert_eq!(
         too_large.body.len(),
         serde_json::to_vec(&big).unwrap().len(),
