@@ -96,6 +96,19 @@ fn directory(root: &Path) -> Vec<Value> {
     out
 }
 
+/// The examples the mix is made of, by the kind [`event`] names them.
+fn mix_examples(root: &Path) -> BTreeMap<&'static str, Value> {
+    [
+        ("lead", "lead.created.contact_me.json"),
+        ("shared", "cosell.opportunity.shared.json"),
+        ("accepted", "cosell.opportunity.accepted.json"),
+        ("dealreg", "dealreg.action_required.json"),
+    ]
+    .into_iter()
+    .map(|(k, f)| (k, example(root, f)))
+    .collect()
+}
+
 /// Event `n` of the mix. Leads are spread so no partner gets more than ten a day.
 fn event(n: usize, examples: &BTreeMap<&str, Value>) -> Value {
     let kind = n % 10;
@@ -244,15 +257,7 @@ async fn publish() -> Result<(), String> {
     let rate: f64 = arg("--rate").and_then(|v| v.parse().ok()).unwrap_or(0.0);
 
     let rules = RuleSet::load_dir(&root.join("rules")).map_err(|e| e.to_string())?;
-    let examples: BTreeMap<&str, Value> = [
-        ("lead", "lead.created.contact_me.json"),
-        ("shared", "cosell.opportunity.shared.json"),
-        ("accepted", "cosell.opportunity.accepted.json"),
-        ("dealreg", "dealreg.action_required.json"),
-    ]
-    .into_iter()
-    .map(|(k, f)| (k, example(root, f)))
-    .collect();
+    let examples = mix_examples(root);
     let dir_events = directory(root);
     let mut dir = Directory::new();
     for e in &dir_events {
@@ -571,15 +576,7 @@ fn write() -> Result<(), String> {
     let events: usize = arg("--events").and_then(|v| v.parse().ok()).unwrap_or(1000);
     let out = arg("--out").unwrap_or_else(|| "events.jsonl".into());
     let dir_out = arg("--directory").unwrap_or_else(|| "directory.jsonl".into());
-    let examples: BTreeMap<&str, Value> = [
-        ("lead", "lead.created.contact_me.json"),
-        ("shared", "cosell.opportunity.shared.json"),
-        ("accepted", "cosell.opportunity.accepted.json"),
-        ("dealreg", "dealreg.action_required.json"),
-    ]
-    .into_iter()
-    .map(|(k, f)| (k, example(root, f)))
-    .collect();
+    let examples = mix_examples(root);
     let lines = |values: &mut dyn Iterator<Item = Value>| values.map(|v| v.to_string() + "\n").collect::<String>();
     std::fs::write(&dir_out, lines(&mut directory(root).into_iter())).map_err(|e| format!("{dir_out}: {e}"))?;
     std::fs::write(&out, lines(&mut (0..events).map(|n| event(n, &examples)))).map_err(|e| format!("{out}: {e}"))?;
