@@ -256,7 +256,7 @@ pub fn read_event(path: &Path) -> Result<Event, FileError> {
 /// Reads a directory file and builds the directory from it.
 pub fn read_directory(path: &Path) -> Result<Directory, FileError> {
     let events = read_jsonl(path)?;
-    if let Some(other) = events.iter().find(|e| !e.event_type.as_str().starts_with("directory.")) {
+    if let Some(other) = events.iter().find(|e| e.directory_change().is_none()) {
         return Err(FileError::NotDirectory {
             path: path.to_path_buf(),
             id: other.id.clone(),

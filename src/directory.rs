@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::event::{
-    EmailAddress, Event, EventData, LocationId, PartnerId, ProfileContact, Role, RoleGrant, TimeZone, UserId,
+    DirectoryChange, EmailAddress, Event, LocationId, PartnerId, ProfileContact, Role, RoleGrant, TimeZone, UserId,
 };
 
 /// A partner's settings that shape its messages and its digest day.
@@ -66,8 +66,11 @@ impl Directory {
 
     /// Applies one event; returns false (and changes nothing) for non-directory events.
     pub fn apply(&mut self, event: &Event) -> bool {
-        match &event.data {
-            EventData::PartnerUpserted(p) => {
+        let Some(change) = event.directory_change() else {
+            return false;
+        };
+        match change {
+            DirectoryChange::PartnerUpserted(p) => {
                 self.partners.insert(
                     p.partner_id.clone(),
                     Partner {
@@ -77,7 +80,7 @@ impl Directory {
                     },
                 );
             }
-            EventData::UserUpserted(u) => {
+            DirectoryChange::UserUpserted(u) => {
                 let user = User {
                     partner_id: u.partner_id.clone(),
                     user_id: u.user.user_id.clone(),
@@ -89,26 +92,13 @@ impl Directory {
                 };
                 self.users.insert((u.partner_id.clone(), u.user.user_id.clone()), user);
             }
-            EventData::UserRemoved(u) => {
+            DirectoryChange::UserRemoved(u) => {
                 self.users.remove(&(u.partner_id.clone(), u.user_id.clone()));
             }
-            EventData::ProfileContactSet(c) => {
+            DirectoryChange::ProfileContactSet(c) => {
                 self.contacts
                     .insert((c.partner_id.clone(), c.location_id.clone()), c.contact.clone());
             }
-            EventData::CosellShared(_)
-            | EventData::CosellAccepted(_)
-            | EventData::CosellDeclined(_)
-            | EventData::CosellExpiring(_)
-            | EventData::CosellExpired(_)
-            | EventData::DealregActionRequired(_)
-            | EventData::DealregReviewFailed(_)
-            | EventData::DealregReviewSelected(_)
-            | EventData::SolutionValidationFailed(_)
-            | EventData::SolutionValidationPassed(_)
-            | EventData::LeadCreated(_)
-            | EventData::LeadDeclined(_)
-            | EventData::LeadExpired(_) => return false,
         }
         true
     }

@@ -579,7 +579,39 @@ pub struct Event {
     pub data: EventData,
 }
 
+/// What a `directory.*` event changes in the directory.
+#[derive(Clone, Copy, Debug)]
+pub enum DirectoryChange<'a> {
+    PartnerUpserted(&'a PartnerUpserted),
+    UserUpserted(&'a UserUpserted),
+    UserRemoved(&'a UserRemoved),
+    ProfileContactSet(&'a ProfileContactSet),
+}
+
 impl Event {
+    /// The directory change this event carries; `None` for every other event.
+    pub fn directory_change(&self) -> Option<DirectoryChange<'_>> {
+        match &self.data {
+            EventData::PartnerUpserted(p) => Some(DirectoryChange::PartnerUpserted(p)),
+            EventData::UserUpserted(u) => Some(DirectoryChange::UserUpserted(u)),
+            EventData::UserRemoved(u) => Some(DirectoryChange::UserRemoved(u)),
+            EventData::ProfileContactSet(c) => Some(DirectoryChange::ProfileContactSet(c)),
+            EventData::CosellShared(_)
+            | EventData::CosellAccepted(_)
+            | EventData::CosellDeclined(_)
+            | EventData::CosellExpiring(_)
+            | EventData::CosellExpired(_)
+            | EventData::DealregActionRequired(_)
+            | EventData::DealregReviewFailed(_)
+            | EventData::DealregReviewSelected(_)
+            | EventData::SolutionValidationFailed(_)
+            | EventData::SolutionValidationPassed(_)
+            | EventData::LeadCreated(_)
+            | EventData::LeadDeclined(_)
+            | EventData::LeadExpired(_) => None,
+        }
+    }
+
     /// The referral this event is about, when it is about one.
     pub fn referral(&self) -> Option<&Referral> {
         match &self.data {

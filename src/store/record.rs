@@ -5,29 +5,16 @@
 
 use serde_json::json;
 
-use crate::event::{Event, EventData};
+use crate::event::{DirectoryChange, Event};
 
 /// The directory key an event replaces (partner, user, profile contact).
 /// A removal is stored under the same key, as a tombstone.
 pub fn directory_key(event: &Event) -> Option<String> {
-    Some(match &event.data {
-        EventData::PartnerUpserted(p) => format!("partner:{}", p.partner_id),
-        EventData::UserUpserted(u) => format!("user:{}:{}", u.partner_id, u.user.user_id),
-        EventData::UserRemoved(u) => format!("user:{}:{}", u.partner_id, u.user_id),
-        EventData::ProfileContactSet(c) => format!("contact:{}:{}", c.partner_id, c.location_id),
-        EventData::CosellShared(_)
-        | EventData::CosellAccepted(_)
-        | EventData::CosellDeclined(_)
-        | EventData::CosellExpiring(_)
-        | EventData::CosellExpired(_)
-        | EventData::DealregActionRequired(_)
-        | EventData::DealregReviewFailed(_)
-        | EventData::DealregReviewSelected(_)
-        | EventData::SolutionValidationFailed(_)
-        | EventData::SolutionValidationPassed(_)
-        | EventData::LeadCreated(_)
-        | EventData::LeadDeclined(_)
-        | EventData::LeadExpired(_) => return None,
+    Some(match event.directory_change()? {
+        DirectoryChange::PartnerUpserted(p) => format!("partner:{}", p.partner_id),
+        DirectoryChange::UserUpserted(u) => format!("user:{}:{}", u.partner_id, u.user.user_id),
+        DirectoryChange::UserRemoved(u) => format!("user:{}:{}", u.partner_id, u.user_id),
+        DirectoryChange::ProfileContactSet(c) => format!("contact:{}:{}", c.partner_id, c.location_id),
     })
 }
 
