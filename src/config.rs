@@ -429,10 +429,10 @@ fn unknown_keys(built: &config::Config, file: Option<&Path>) -> Vec<String> {
     unknown.sort();
     unknown
         .into_iter()
-        .map(|key| match (env_var_for(&key), file) {
-            (Some(_), _) => format!("{key} is not a setting"),
-            (None, Some(path)) => format!("{key} (in {}) is not a setting", path.display()),
-            (None, None) => format!("{key} is not a setting"),
+        // A key set by a variable is named by it later (`from_env`); one from the file names the file.
+        .map(|key| match file.filter(|_| env_var_for(&key).is_none()) {
+            Some(path) => format!("{key} (in {}) is not a setting", path.display()),
+            None => format!("{key} is not a setting"),
         })
         .collect()
 }
@@ -504,26 +504,15 @@ fn env_var_for(key: &str) -> Option<String> {
 
 /// Names the variable a message's key came from: `amqp.prefetch (from ROUTER__AMQP__PREFETCH) …`.
 fn from_env(message: &str) -> String {
+    // Every message starts with its key.
     let key_end = message
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
         .unwrap_or(message.len());
     let key = &message[..key_end];
-    let quoted = message
-        .split('`')
-        .nth(1)
-        .filter(|k| k.contains('.') && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'));
-    for candidate in [Some(key), quoted].into_iter().flatten() {
-        if candidate.contains('.')
-            && let Some(var) = env_var_for(candidate)
-        {
-            return if candidate == key {
-                format!("{key} (from {var}){}", &message[key_end..])
-            } else {
-                format!("{message} (from {var})")
-            };
-        }
+    match env_var_for(key).filter(|_| key.contains('.')) {
+        Some(var) => format!("{key} (from {var}){}", &message[key_end..]),
+        None => message.to_string(),
     }
-    message.to_string()
 }
 
 /// `scheme://user:password@host` -> `scheme://user:***@host`.
