@@ -16,7 +16,6 @@ use tracing::{error, info, warn};
 
 use crate::directory::DirectoryView;
 use crate::dispatch::Dispatcher;
-use crate::dispatch::email::Delivered;
 use crate::error::Failure;
 use crate::flow::Flow;
 use crate::route::DigestKey;
@@ -225,10 +224,8 @@ impl Flusher<'_> {
             let outcome = DigestOutcome::Sent { message_id: &id };
             d.store.settle_digest(&claim.id, &outcome, self.clock.now()).await
         };
-        match d.mailer.deliver(message, still_ours, record).await? {
-            Delivered::Sent => Ok(id),
-            Delivered::TakenOver => Err(Failure::TakenOver),
-        }
+        d.mailer.deliver(message, still_ours, record).await?;
+        Ok(id)
     }
 
     /// The digest a claim goes out as: its counter's policy; or, when no rule

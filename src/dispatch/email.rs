@@ -57,15 +57,6 @@ impl From<lettre::transport::smtp::Error> for SendError {
     }
 }
 
-/// How a [`Mailer::deliver`] ended that was not a failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Delivered {
-    /// The server accepted it, and it is recorded.
-    Sent,
-    /// Another worker took the send over while this one waited; not sent here.
-    TakenOver,
-}
-
 /// What every email of the router carries besides its content: who it is
 /// from, and where an optional one is unsubscribed from.
 #[derive(Clone, Debug)]
@@ -131,25 +122,26 @@ impl Mailer {
     }
 
     /// Sends `message`: stages it, takes a turn, asks `still_ours` whether it
-    /// may still go (`false`: another worker took it over; nothing is sent),
-    /// sends the content and runs `record` before the turn is given back.
-    /// Both are futures, run only when their step comes.
+    /// may still go (`false`: another worker took it over, nothing is sent, and
+    /// the answer is [`Failure::TakenOver`]), sends the content and runs
+    /// `record` before the turn is given back. Both are futures, run only when
+    /// their step comes.
     pub async fn deliver(
         &self,
         message: Message,
         still_ours: impl Future<Output = Result<bool, StoreError>>,
         record: impl Future<Output = Result<(), StoreError>>,
-    ) -> Result<Delivered, Failure> {
+    ) -> Result<(), Failure> {
         let staged = self.stage(message).await?;
         let turn = self.turn().await?;
         // Staging and the wait for a turn can be long: the send must still be ours.
         if !still_ours.await? {
-            return Ok(Delivered::TakenOver);
+            return Err(Failure::TakenOver);
         }
         staged.finish().await?;
         record.await?;
         drop(turn);
-        Ok(Delivered::Sent)
+        Ok(())
     }
 
     /// A turn to finish a send: hold it until the send is recorded.

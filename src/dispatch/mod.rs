@@ -23,7 +23,7 @@ use crate::route::RuleSet;
 use crate::route::rules::Channel;
 use crate::store::{OutboxItem, Store, StoreError};
 use crate::telemetry::Metrics;
-use email::{Delivered, Letterhead, Mailer};
+use email::{Letterhead, Mailer};
 
 /// The parts every send uses.
 pub struct Dispatcher {
@@ -65,14 +65,14 @@ impl Dispatcher {
             return Ok(());
         }
         match self.send(send, item).await {
-            Ok(Some(id)) => {
+            Ok(id) => {
                 self.count(item.delivery.channel, "sent");
                 let d = &item.delivery;
                 info!(notification = %d.notification, channel = %d.channel, recipient = %d.recipient.email,
                       rules = ?d.rules, id = %id, "sent");
                 Ok(())
             }
-            Ok(None) | Err(Failure::TakenOver) => Ok(()),
+            Err(Failure::TakenOver) => Ok(()),
             Err(Failure::Permanent(reason)) => Ok(self.failed(item, &reason).await?),
             Err(Failure::Store(e)) => Err(e.into()),
             Err(transient @ (Failure::Mail(_) | Failure::Broker(_) | Failure::NotYet(_))) => {
@@ -82,9 +82,8 @@ impl Dispatcher {
         }
     }
 
-    /// One delivery out on its channel; the id it went out with, or `None`
-    /// when another worker took it over meanwhile.
-    async fn send(&self, send: &mut EventSend<'_>, item: &OutboxItem) -> Result<Option<String>, Failure> {
+    /// One delivery out on its channel; the id it went out with.
+    async fn send(&self, send: &mut EventSend<'_>, item: &OutboxItem) -> Result<String, Failure> {
         let d = &item.delivery;
         let rendered = send
             .session
@@ -99,10 +98,8 @@ impl Dispatcher {
                     .compose(&email, &d.notification, optional, &d.recipient, cause)?;
                 let still_ours = self.still_ours(item, &mut send.renewed);
                 let record = self.store.mark_sent(cause, item.log_id, Some(&id));
-                match self.mailer.deliver(message, still_ours, record).await? {
-                    Delivered::Sent => Ok(Some(id)),
-                    Delivered::TakenOver => Ok(None),
-                }
+                self.mailer.deliver(message, still_ours, record).await?;
+                Ok(id)
             }
             (Channel::ActionCenter, Rendered::ActionCenter(content)) => {
                 let spec = send.rules.action_center(&d.notification);
@@ -111,7 +108,7 @@ impl Dispatcher {
                 self.store
                     .mark_sent(send.event.id.as_str(), item.log_id, Some(&entry.id))
                     .await?;
-                Ok(Some(entry.id))
+                Ok(entry.id)
             }
             _ => Err(Failure::Permanent("rendered for the wrong channel".into())),
         }
