@@ -19,6 +19,7 @@ use crate::render::Sender;
 use crate::serving::Serving;
 use crate::store;
 use crate::telemetry::Metrics;
+use crate::ticker::Ticker;
 use crate::{digest, http};
 
 /// Why the worker cannot start.
@@ -145,13 +146,8 @@ pub fn reload(flow: &Flow) -> Result<String, crate::serving::LoadError> {
 /// (more often for a retention under a day).
 async fn prune_archive(store: Arc<dyn crate::store::Store>, retention: Duration, shutdown: CancellationToken) {
     let every = (retention / 24).clamp(Duration::from_secs(1), Duration::from_secs(3600));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = Ticker::new(every);
+    while ticker.tick(&shutdown).await {
         let before = chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(30));
         match store.prune_archive(before).await {
             Ok(0) => {}

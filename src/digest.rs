@@ -23,6 +23,7 @@ use crate::route::rules::{DayBoundary, DigestPolicy};
 use crate::serving::ServingSet;
 use crate::store::{DigestClaim, DigestOutcome, HeldGroup, StoreError};
 use crate::telemetry::Metrics;
+use crate::ticker::Ticker;
 
 /// Where "now" comes from, so tests can move time instead of waiting for it.
 pub trait Clock: Send + Sync {
@@ -296,13 +297,8 @@ pub async fn flush_now(
 /// directory current at each tick.
 pub async fn run_periodically(flow: Arc<Flow>, lease: Duration, every: Duration, shutdown: CancellationToken) {
     let worker = format!("{}-{}", hostname(), std::process::id());
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = Ticker::new(every);
+    while ticker.tick(&shutdown).await {
         let flush = flush_now(&flow, &worker, lease, Scope::Due, Some(&shutdown));
         match AssertUnwindSafe(flush).catch_unwind().await {
             Ok(Ok(r)) => count(&flow.dispatcher.metrics, &r),

@@ -43,3 +43,4 @@ pub mod route;
 pub mod serving;
 pub mod store;
 pub mod telemetry;
+pub mod ticker;
