@@ -83,9 +83,9 @@ pub struct Replay<'a> {
     held: BTreeMap<(DigestKey, String), Held>,
     /// The held groups by when they fall due.
     due: BTreeSet<(DateTime<Utc>, (DigestKey, String))>,
-    pub planned: Vec<Planned>,
-    pub events: usize,
-    pub duplicates: usize,
+    planned: Vec<Planned>,
+    /// Events skipped because their id was seen before.
+    duplicates: usize,
 }
 
 impl<'a> Replay<'a> {
@@ -98,7 +98,6 @@ impl<'a> Replay<'a> {
             held: BTreeMap::new(),
             due: BTreeSet::new(),
             planned: Vec::new(),
-            events: 0,
             duplicates: 0,
         }
     }
@@ -110,7 +109,6 @@ impl<'a> Replay<'a> {
             self.duplicates += 1;
             return;
         }
-        self.events += 1;
         self.flush(Some(event.time));
         // Routed once, with each counter read as it will be once this event is
         // counted: the position the worker's admission gives it.
