@@ -39,6 +39,7 @@ fn main() {
     let options = RenderOptions {
         portal_base_url: PREVIEW_PORTAL.into(),
         examples: examples.clone(),
+        preference_links: None,
     };
     let templates = Templates::load(&root.join("templates"), &rules, options).expect("templates");
     let directory = directory(root);

@@ -12,11 +12,11 @@ use crate::broker::Publisher;
 use crate::config::Settings;
 use crate::consume::Consumer;
 use crate::dispatch::Dispatcher;
-use crate::dispatch::email::{Letterhead, Mailer};
+use crate::dispatch::email::{Letterhead, Mailer, Unsubscribe};
 use crate::flow::{DirectoryCache, Flow};
 use crate::http::HttpState;
 use crate::render::Sender;
-use crate::serving::Serving;
+use crate::serving::{Addresses, Serving};
 use crate::store;
 use crate::telemetry::Metrics;
 use crate::ticker::Ticker;
@@ -46,11 +46,12 @@ impl App {
     /// Loads and checks rules and templates, opens the store, builds the
     /// mailer. Nothing connects to the broker yet.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
-        let serving = Arc::new(Serving::load(
-            &settings.rules.dir,
-            &settings.templates.dir,
-            &settings.mail.portal_url,
-        )?);
+        let links = settings.http.preference_links();
+        let addresses = Addresses {
+            portal_base_url: settings.mail.portal_url.clone(),
+            preferences: links.clone(),
+        };
+        let serving = Arc::new(Serving::load(&settings.rules.dir, &settings.templates.dir, addresses)?);
         let current = serving.current();
         info!(examples = current.examples, "templates checked");
         info!(rules = current.rules.rules.len(), hash = %current.rules.hash, "rules loaded");
@@ -62,7 +63,10 @@ impl App {
             mailer: Mailer::from_settings(&settings.smtp).map_err(StartError::Settings)?,
             letterhead: Letterhead {
                 sender: Sender::from_settings(&settings.mail).map_err(StartError::Settings)?,
-                unsubscribe_url: settings.mail.unsubscribe_url.clone(),
+                unsubscribe: match links {
+                    Some(links) => Unsubscribe::OneClick(links),
+                    None => Unsubscribe::Page(settings.mail.unsubscribe_url.clone()),
+                },
             },
             publisher: Publisher::default(),
             action_center_exchange: settings.amqp.action_center_exchange.clone(),
@@ -95,7 +99,12 @@ impl App {
             })?;
         info!(addr = %self.settings.http.addr, "HTTP listening");
         let publisher = self.flow.dispatcher.publisher.clone();
-        let state = HttpState::new(&self.flow, &self.settings.http, publisher.clone());
+        let state = HttpState::new(
+            &self.flow,
+            &self.settings.http,
+            publisher.clone(),
+            self.shutdown.clone(),
+        );
         let server = tokio::spawn(http::serve(state, listener, self.shutdown.clone()));
         tokio::spawn(signals(self.flow.clone(), self.shutdown.clone()));
         if self.settings.archive.enabled() {

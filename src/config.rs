@@ -142,6 +142,36 @@ pub struct Http {
     pub jwt_secret: Secret,
     /// Bearer token of the notification log API (operators); empty disables it (401).
     pub admin_token: Secret,
+    /// This server as recipients' browsers and mail providers reach it, e.g.
+    /// `https://notify.example.com`: the base of each email's signed
+    /// preferences link. Empty: emails link to `mail.unsubscribe_url` instead.
+    pub public_url: String,
+    /// HMAC key of the preferences links; set with `http.public_url`.
+    pub preferences_secret: Secret,
+}
+
+impl Http {
+    /// The signed preferences links, when `public_url` and `preferences_secret` are set.
+    pub fn preference_links(&self) -> Option<crate::preferences::Links> {
+        (!self.public_url.is_empty() && !self.preferences_secret.is_empty())
+            .then(|| crate::preferences::Links::new(&self.public_url, self.preferences_secret.expose().as_bytes()))
+    }
+
+    fn check(&self, errors: &mut Vec<String>) {
+        if let Err(e) = self.addr.parse::<SocketAddr>() {
+            errors.push(format!("http.addr `{}` is not HOST:PORT: {e}", self.addr));
+        }
+        let url = &self.public_url;
+        if !url.is_empty() && !url.starts_with("https://") && !url.starts_with("http://") {
+            errors.push(format!("http.public_url `{url}` must be an absolute http(s) URL"));
+        }
+        if url.is_empty() != self.preferences_secret.is_empty() {
+            errors.push("http.public_url and http.preferences_secret are set together or not at all".into());
+        }
+        if !self.preferences_secret.is_empty() && self.preferences_secret.expose().len() < 16 {
+            errors.push("http.preferences_secret must be at least 16 characters".into());
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -269,9 +299,7 @@ impl Settings {
         self.smtp.check(&mut errors);
         self.mail.check(&mut errors);
         self.store.check(&self.smtp, &mut errors);
-        if let Err(e) = self.http.addr.parse::<SocketAddr>() {
-            errors.push(format!("http.addr `{}` is not HOST:PORT: {e}", self.http.addr));
-        }
+        self.http.check(&mut errors);
         if self.digest.check_every.is_zero() {
             errors.push("digest.check_every must be longer than zero".into());
         }

@@ -18,8 +18,8 @@ use crate::directory::DirectoryView;
 use crate::dispatch::Dispatcher;
 use crate::error::Failure;
 use crate::flow::Flow;
-use crate::route::DigestKey;
-use crate::route::rules::{DayBoundary, DigestPolicy};
+use crate::route::rules::{Channel, DayBoundary, DigestPolicy};
+use crate::route::{DigestKey, PREFERENCE};
 use crate::serving::ServingSet;
 use crate::store::{DigestClaim, DigestOutcome, HeldGroup, StoreError};
 use crate::telemetry::Metrics;
@@ -110,6 +110,8 @@ pub struct FlushReport {
     /// Digests refused for good (a permanent SMTP refusal, a template that
     /// cannot render): their items are marked failed and not retried.
     pub refused: u32,
+    /// Held items left out because their recipient turned them off (suppressed by `preference`).
+    pub leads_dropped: u32,
 }
 
 /// Everything a flush needs.
@@ -152,10 +154,59 @@ impl Flusher<'_> {
                 report.busy += 1;
                 continue;
             };
+            let Some(claim) = self.without_unwanted(claim, policy, &mut report).await? else {
+                continue;
+            };
             self.settle(&claim, self.send(&claim, policy).await, &mut report)
                 .await?;
         }
         Ok(report)
+    }
+
+    /// Takes out of a claimed digest the items its recipient has since turned
+    /// off (the held notification, or the digest itself, by email); `None`
+    /// when nothing is left to send (the digest is then settled as empty).
+    async fn without_unwanted(
+        &self,
+        mut claim: DigestClaim,
+        policy: Option<&DigestPolicy>,
+        report: &mut FlushReport,
+    ) -> Result<Option<DigestClaim>, StoreError> {
+        let rules = &self.serving.rules;
+        let wants = |notification: &str, email: &crate::event::EmailAddress| {
+            !rules.is_optional(notification)
+                || self
+                    .directory
+                    .wants(email, notification, rules.category_of(notification), Channel::Email)
+        };
+        let digest = policy.map(|p| p.notification.as_str());
+        let (kept, dropped): (Vec<_>, Vec<_>) = std::mem::take(&mut claim.items).into_iter().partition(|i| {
+            let to = &i.delivery.recipient.email;
+            wants(&i.delivery.notification, to) && digest.is_none_or(|d| wants(d, to))
+        });
+        claim.items = kept;
+        if dropped.is_empty() {
+            return Ok(Some(claim));
+        }
+        let store = &*self.dispatcher.store;
+        let now = self.clock.now();
+        let settled: Vec<(i64, Vec<String>)> = dropped
+            .iter()
+            .map(|i| {
+                let mut rules = i.delivery.rules.clone();
+                rules.push(PREFERENCE.to_owned());
+                (i.log_id, rules)
+            })
+            .collect();
+        store.drop_held(&claim.id, &settled, now).await?;
+        report.leads_dropped += u32::try_from(dropped.len()).unwrap_or(u32::MAX);
+        info!(digest = %claim.id, recipient = %claim.recipient, dropped = dropped.len(), kept = claim.items.len(),
+              "held items their recipient turned off are left out of the digest");
+        if claim.items.is_empty() {
+            store.settle_digest(&claim.id, &DigestOutcome::Empty, now).await?;
+            return Ok(None);
+        }
+        Ok(Some(claim))
     }
 
     /// Records and reports how one claimed digest's send ended.
@@ -208,7 +259,7 @@ impl Flusher<'_> {
         let email = self
             .serving
             .templates
-            .render_digest(how.template, recipient, &leads)
+            .render_digest(how.notification, how.template, recipient, &leads)
             .map_err(|e| Failure::Permanent(format!("rendering: {e}")))?;
         let optional = self.serving.rules.is_optional(how.notification);
         let d = self.dispatcher;
@@ -279,6 +330,8 @@ pub async fn flush_now(
     scope: Scope,
     stop: Option<&CancellationToken>,
 ) -> Result<FlushReport, StoreError> {
+    // Preferences changed on any worker count: a lead turned off since it was held is left out.
+    flow.directory.refresh(&*flow.store).await?;
     let serving = flow.serving.current();
     let directory = flow.directory.snapshot();
     let flusher = Flusher {

@@ -11,6 +11,8 @@ use serde::Serialize;
 use crate::event::{
     DirectoryChange, EmailAddress, Event, LocationId, PartnerId, ProfileContact, Role, RoleGrant, TimeZone, UserId,
 };
+use crate::preferences::Preferences;
+use crate::route::rules::Channel;
 
 /// A partner's settings that shape its messages and its digest day.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -49,6 +51,8 @@ pub trait DirectoryView {
     fn profile_contact(&self, partner: &PartnerId, location: &LocationId) -> Option<&ProfileContact>;
     /// A known user by email, to learn their locale and time zone.
     fn user_by_email(&self, email: &EmailAddress) -> Option<&User>;
+    /// Whether `email` wants `notification` (of `category`) on `channel`, by their own choice.
+    fn wants(&self, email: &EmailAddress, notification: &str, category: Option<&str>, channel: Channel) -> bool;
 }
 
 /// The directory, in memory.
@@ -57,6 +61,8 @@ pub struct Directory {
     partners: HashMap<PartnerId, Partner>,
     users: BTreeMap<(PartnerId, UserId), User>,
     contacts: HashMap<(PartnerId, LocationId), ProfileContact>,
+    /// Recipients' choices, read with the directory so routing sees both as of one moment.
+    pub preferences: Preferences,
 }
 
 impl Directory {
@@ -135,6 +141,10 @@ impl DirectoryView for Directory {
 
     fn user_by_email(&self, email: &EmailAddress) -> Option<&User> {
         self.users.values().find(|u| &u.email == email)
+    }
+
+    fn wants(&self, email: &EmailAddress, notification: &str, category: Option<&str>, channel: Channel) -> bool {
+        self.preferences.wants(email.as_str(), notification, category, channel)
     }
 }
 

@@ -6,7 +6,8 @@
 //!   concurrency, the ordering gate, and the one place a message is acked,
 //!   dead-lettered or requeued.
 //! - [`decode`]: bytes (or a file) -> a typed [`event::Event`]; failures are permanent (dead-letter).
-//! - [`directory`]: `directory.*` events build who holds which role where.
+//! - [`directory`]: `directory.*` events build who holds which role where;
+//!   with it, the [`preferences`] recipients chose (and the signed links to them).
 //! - [`route`]: rules from `rules/` turn (event, directory, state) into a plan
 //!   of deliveries: who gets which notification, on which channel, and why.
 //! - [`serving`]: the rules and the templates checked against them, swapped together.
@@ -37,10 +38,12 @@ pub mod error;
 pub mod event;
 pub mod flow;
 pub mod http;
+pub mod preferences;
 pub mod render;
 pub mod replay;
 pub mod route;
 pub mod serving;
+pub mod signed;
 pub mod store;
 pub mod telemetry;
 pub mod ticker;

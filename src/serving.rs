@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use crate::preferences::Links;
 use crate::render::{RenderOptions, Templates, example_events};
 use crate::route::RuleSet;
 
@@ -28,16 +29,35 @@ pub enum LoadError {
     Templates(String),
 }
 
+/// Where the messages link to, from configuration: the portal, and each
+/// recipient's signed preferences link when the worker serves them.
+#[derive(Clone, Debug)]
+pub struct Addresses {
+    pub portal_base_url: String,
+    pub preferences: Option<Links>,
+}
+
+impl Addresses {
+    /// The portal only: preferences links point at its notification settings.
+    pub fn portal(portal_base_url: &str) -> Self {
+        Self {
+            portal_base_url: portal_base_url.to_owned(),
+            preferences: None,
+        }
+    }
+}
+
 impl ServingSet {
     /// Loads the rules, then the templates, checked against the rules and
     /// rendered against the example events (`RULES/tests/events`) when there are any.
-    pub fn load(rules_dir: &Path, templates_dir: &Path, portal_base_url: &str) -> Result<Self, LoadError> {
+    pub fn load(rules_dir: &Path, templates_dir: &Path, addresses: &Addresses) -> Result<Self, LoadError> {
         let rules = RuleSet::load_dir(rules_dir).map_err(|e| LoadError::Rules(e.to_string()))?;
         let examples = example_events(rules_dir).map_err(LoadError::Examples)?;
         let count = examples.len();
         let options = RenderOptions {
-            portal_base_url: portal_base_url.into(),
+            portal_base_url: addresses.portal_base_url.clone(),
             examples,
+            preference_links: addresses.preferences.clone(),
         };
         let templates =
             Templates::load(templates_dir, &rules, options).map_err(|e| LoadError::Templates(e.to_string()))?;
@@ -53,17 +73,17 @@ impl ServingSet {
 pub struct Serving {
     rules_dir: PathBuf,
     templates_dir: PathBuf,
-    portal_base_url: String,
+    addresses: Addresses,
     current: RwLock<Arc<ServingSet>>,
 }
 
 impl Serving {
-    pub fn load(rules_dir: &Path, templates_dir: &Path, portal_base_url: &str) -> Result<Self, LoadError> {
-        let set = ServingSet::load(rules_dir, templates_dir, portal_base_url)?;
+    pub fn load(rules_dir: &Path, templates_dir: &Path, addresses: Addresses) -> Result<Self, LoadError> {
+        let set = ServingSet::load(rules_dir, templates_dir, &addresses)?;
         Ok(Self {
             rules_dir: rules_dir.to_path_buf(),
             templates_dir: templates_dir.to_path_buf(),
-            portal_base_url: portal_base_url.to_string(),
+            addresses,
             current: RwLock::new(Arc::new(set)),
         })
     }
@@ -76,11 +96,7 @@ impl Serving {
     /// Loads the files again; a set that fails its checks is rejected and the
     /// serving one stays. Returns the new set.
     pub fn reload(&self) -> Result<Arc<ServingSet>, LoadError> {
-        let set = Arc::new(ServingSet::load(
-            &self.rules_dir,
-            &self.templates_dir,
-            &self.portal_base_url,
-        )?);
+        let set = Arc::new(ServingSet::load(&self.rules_dir, &self.templates_dir, &self.addresses)?);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = set.clone();
         Ok(set)
     }

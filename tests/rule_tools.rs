@@ -228,6 +228,14 @@ fn check_rejects_rules_that_can_never_fire() {
             format!("{GOOD_RULE}{}", GOOD_RULE.replace("rules:\n", "")),
             "rule id `lead-profile-new` is used twice",
         ),
+        (
+            GOOD_RULE.replace("id: lead-profile-new", "id: preference"),
+            "rule id `preference` is reserved",
+        ),
+        (
+            format!("notifications:\n  lead-teaser:\n    title: Teaser\n    category: gossip\n{GOOD_RULE}"),
+            "names category `gossip`, which is not declared under `categories`",
+        ),
     ];
     for (yaml, message) in cases {
         let (ok, shown) = check_with(&yaml);

@@ -414,3 +414,82 @@ fn shared_fans_out_once_per_partner_receiver() {
         .collect();
     assert_eq!(traced.len(), 3, "the rule ran once per receiver");
 }
+
+/// SPEC section 9: a recipient's own choice turns an optional notification
+/// off for them alone, as a suppression by `preference` that explain traces;
+/// a mandatory one cannot be turned off, whatever is stored.
+#[test]
+fn preferences_suppress_optional_notifications_only() {
+    use referral_router::preferences::{PreferenceChange, Subject};
+    use referral_router::route::rules::Channel;
+    let mut dir = directory();
+    for change in [
+        PreferenceChange::new(
+            "Amy@Fabrikam.example",
+            Subject::Category("deal_registration".into()),
+            Channel::Email,
+            false,
+        ),
+        PreferenceChange::new(
+            "dana@fabrikam.example",
+            Subject::Notification("lead-generated".into()),
+            Channel::ActionCenter,
+            false,
+        ),
+    ] {
+        dir.preferences.apply(&change);
+    }
+    let selected = plan_of(&example("dealreg.review_selected"), &dir, &MemoryState::new());
+    assert_eq!(
+        rows(&selected),
+        union([
+            expect(
+                "dealreg-review-selected",
+                &["email"],
+                &["amy@fabrikam.example"],
+                "suppress"
+            ),
+            expect("dealreg-review-selected", &["email"], &["ben@fabrikam.example"], "send"),
+        ])
+    );
+    let amys = selected
+        .deliveries
+        .iter()
+        .find(|d| d.recipient.email.key() == "amy@fabrikam.example")
+        .unwrap();
+    assert_eq!(
+        amys.rules.last().map(String::as_str),
+        Some(referral_router::route::PREFERENCE)
+    );
+    assert!(
+        selected
+            .trace
+            .iter()
+            .any(|t| t.rule == "preference" && t.reason.contains("amy@fabrikam.example"))
+    );
+    // The same category holds mandatory notifications: they still go out.
+    let required = plan_of(&example("dealreg.action_required"), &dir, &MemoryState::new());
+    assert!(
+        required.deliveries.iter().all(|d| d.decision == Decision::Send),
+        "{:?}",
+        rows(&required)
+    );
+    // Per channel: Dana's lead entries stop, her lead emails do not.
+    let lead = plan_of(&example("lead.created.contact_me"), &dir, &MemoryState::new());
+    let danas: BTreeSet<Row> = rows(&lead)
+        .into_iter()
+        .filter(|r| r.2 == "dana@fabrikam.example")
+        .collect();
+    assert_eq!(
+        danas,
+        union([
+            expect("lead-generated", &["email"], &["dana@fabrikam.example"], "send"),
+            expect(
+                "lead-generated",
+                &["action_center"],
+                &["dana@fabrikam.example"],
+                "suppress"
+            ),
+        ])
+    );
+}

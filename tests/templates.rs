@@ -9,7 +9,9 @@ use mail_parser::{HeaderName, MessageParser, MimeHeaders};
 use referral_router::cli;
 use referral_router::decode::{read_directory, read_event};
 use referral_router::event::{EmailAddress, Event};
-use referral_router::render::{RenderOptions, Rendered, RenderedEmail, Sender, Templates, build_email, message_id};
+use referral_router::render::{
+    ListUnsubscribe, RenderOptions, Rendered, RenderedEmail, Sender, Templates, build_email, message_id,
+};
 use referral_router::route::rules::Channel;
 use referral_router::route::{Decision, Delivery, MemoryState, Recipient, RuleSet, route};
 
@@ -32,6 +34,7 @@ fn options(examples: Vec<Event>) -> RenderOptions {
     RenderOptions {
         portal_base_url: PORTAL.into(),
         examples,
+        preference_links: None,
     }
 }
 
@@ -117,7 +120,12 @@ fn every_notification_renders_for_the_examples_in_every_locale() {
     for locale in ["en-US", "de-DE"] {
         let recipient = person("Gina Gray", "gina@fabrikam.example", locale);
         let digest = templates
-            .render_digest("leads-digest", &recipient, &[lead.clone(), second.clone()])
+            .render_digest(
+                "leads-digest",
+                "leads-digest",
+                &recipient,
+                &[lead.clone(), second.clone()],
+            )
             .expect("digest renders");
         assert!(digest.subject.starts_with('2'), "{}", digest.subject);
         assert!(digest.text.contains("Adventure Works") && digest.text.contains("Tailspin Toys"));
@@ -215,19 +223,39 @@ fn optional_notifications_carry_list_unsubscribe() {
     else {
         panic!("an email")
     };
-    let url = "https://partner.example/unsubscribe?u=amy";
-    let bytes = build_email(&email, &sender(), &to, "<x@partner.example>", Some(url), "evt-test")
+    let headers = |one_click: bool| {
+        let unsubscribe = ListUnsubscribe {
+            url: "https://partner.example/unsubscribe?u=amy".into(),
+            one_click,
+        };
+        let bytes = build_email(
+            &email,
+            &sender(),
+            &to,
+            "<x@partner.example>",
+            Some(&unsubscribe),
+            "evt-test",
+        )
         .unwrap()
         .formatted();
-    let parsed = MessageParser::default().parse(&bytes).unwrap();
-    let header = |name: HeaderName<'static>| parsed.header_raw(name).map(str::trim).map(str::to_owned);
+        let parsed = MessageParser::default().parse(&bytes).unwrap();
+        let header = |name: HeaderName<'static>| parsed.header_raw(name).map(str::trim).map(str::to_owned);
+        (
+            header(HeaderName::ListUnsubscribe),
+            header(HeaderName::ListUnsubscribePost),
+        )
+    };
     assert_eq!(
-        header(HeaderName::ListUnsubscribe).as_deref(),
-        Some("<https://partner.example/unsubscribe?u=amy>")
+        headers(true),
+        (
+            Some("<https://partner.example/unsubscribe?u=amy>".into()),
+            Some("List-Unsubscribe=One-Click".into())
+        )
     );
+    // A page for everyone is no one-click link: no List-Unsubscribe-Post.
     assert_eq!(
-        header(HeaderName::ListUnsubscribePost).as_deref(),
-        Some("List-Unsubscribe=One-Click")
+        headers(false),
+        (Some("<https://partner.example/unsubscribe?u=amy>".into()), None)
     );
 }
 

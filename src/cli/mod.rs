@@ -24,6 +24,7 @@ pub fn rules_check(dir: &Path, templates: &Path) -> Result<String, String> {
     let options = crate::render::RenderOptions {
         portal_base_url: templates::PREVIEW_PORTAL.into(),
         examples: Vec::new(),
+        preference_links: None,
     };
     match crate::render::Templates::load(templates, &set, options) {
         Ok(loaded) => set.check_templates(|name| loaded.has(name)),

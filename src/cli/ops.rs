@@ -18,6 +18,13 @@ pub async fn digest_flush(app: &App) -> Result<String, String> {
     if r.busy > 0 {
         let _ = write!(out, ", being flushed elsewhere: {}", r.busy);
     }
+    if r.leads_dropped > 0 {
+        let _ = write!(
+            out,
+            ", left out because their recipient turned them off: {}",
+            r.leads_dropped
+        );
+    }
     if r.refused > 0 {
         let _ = write!(out, ", refused for good (marked failed): {}", r.refused);
     }

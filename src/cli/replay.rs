@@ -77,7 +77,12 @@ pub struct Report {
 }
 
 fn load(rules: &Path, templates: &Path) -> Result<ServingSet, String> {
-    ServingSet::load(rules, templates, crate::cli::templates::PREVIEW_PORTAL).map_err(|e| e.to_string())
+    ServingSet::load(
+        rules,
+        templates,
+        &crate::serving::Addresses::portal(crate::cli::templates::PREVIEW_PORTAL),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Replays `input` from `directory` through the set(s).

@@ -19,7 +19,12 @@ pub const PREVIEW_PORTAL: &str = "https://partner.example";
 /// Loads rules and templates the way the worker does, with the examples;
 /// the template author's tools insist on having examples to render.
 pub fn load(templates_dir: &Path, rules_dir: &Path) -> Result<(RuleSet, Templates, usize), String> {
-    let set = crate::serving::ServingSet::load(rules_dir, templates_dir, PREVIEW_PORTAL).map_err(|e| e.to_string())?;
+    let set = crate::serving::ServingSet::load(
+        rules_dir,
+        templates_dir,
+        &crate::serving::Addresses::portal(PREVIEW_PORTAL),
+    )
+    .map_err(|e| e.to_string())?;
     if set.examples == 0 {
         return Err(format!(
             "no example events in {}",
@@ -85,7 +90,7 @@ pub fn preview(req: &PreviewRequest<'_>) -> Result<String, String> {
             let leads = [event.clone(), event.clone(), event.clone()];
             Rendered::Email(
                 templates
-                    .render_digest(req.notification, &delivery.recipient, &leads)
+                    .render_digest(req.notification, req.notification, &delivery.recipient, &leads)
                     .map_err(|e| e.to_string())?,
             )
         } else {
@@ -102,13 +107,16 @@ pub fn preview(req: &PreviewRequest<'_>) -> Result<String, String> {
                 );
                 let unsubscribe = templates
                     .is_optional(req.notification)
-                    .then_some("https://partner.example/settings/notifications/unsubscribe");
+                    .then(|| render::ListUnsubscribe {
+                        url: "https://partner.example/settings/notifications".into(),
+                        one_click: false,
+                    });
                 let message = render::build_email(
                     &email,
                     &sender,
                     &delivery.recipient,
                     &id,
-                    unsubscribe,
+                    unsubscribe.as_ref(),
                     event.id.as_str(),
                 )
                 .map_err(|e| e.to_string())?;

@@ -83,5 +83,7 @@ pub fn entry(
         created_at,
         expires_at,
         read: false,
+        seen: false,
+        archived: false,
     }
 }

@@ -23,7 +23,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use crate::config::{Smtp, SmtpTls};
 use crate::error::Failure;
 use crate::event::EventId;
-use crate::render::{RenderedEmail, Sender, build_email, message_id};
+use crate::render::{ListUnsubscribe, RenderedEmail, Sender, build_email, message_id};
 use crate::route::Recipient;
 use crate::store::StoreError;
 
@@ -62,13 +62,22 @@ impl From<lettre::transport::smtp::Error> for SendError {
 #[derive(Clone, Debug)]
 pub struct Letterhead {
     pub sender: Sender,
-    pub unsubscribe_url: String,
+    pub unsubscribe: Unsubscribe,
+}
+
+/// Where an optional email's `List-Unsubscribe` points.
+#[derive(Clone, Debug)]
+pub enum Unsubscribe {
+    /// Each recipient's signed link, served by this worker: one click (RFC 8058) stops it.
+    OneClick(crate::preferences::Links),
+    /// One page for everyone (`mail.unsubscribe_url`), where people manage their settings.
+    Page(String),
 }
 
 impl Letterhead {
     /// The MIME message for `email` to `to`, and its Message-ID, stable for
     /// (`cause`, `notification`, recipient). `optional` notifications carry
-    /// `List-Unsubscribe`.
+    /// `List-Unsubscribe`, and with signed links `List-Unsubscribe-Post` too.
     pub fn compose(
         &self,
         email: &RenderedEmail,
@@ -83,8 +92,17 @@ impl Letterhead {
             &to.email,
             self.sender.from.email.domain(),
         );
-        let unsubscribe = optional.then_some(self.unsubscribe_url.as_str());
-        let message = build_email(email, &self.sender, to, &id, unsubscribe, cause)
+        let unsubscribe = optional.then(|| match &self.unsubscribe {
+            Unsubscribe::OneClick(links) => ListUnsubscribe {
+                url: links.url(to.email.as_str(), notification),
+                one_click: true,
+            },
+            Unsubscribe::Page(url) => ListUnsubscribe {
+                url: url.clone(),
+                one_click: false,
+            },
+        });
+        let message = build_email(email, &self.sender, to, &id, unsubscribe.as_ref(), cause)
             .map_err(|e| Failure::Permanent(e.to_string()))?;
         Ok((message, id))
     }

@@ -102,7 +102,11 @@ pub(super) fn load(dir: &Path, rules: &RuleSet, options: &RenderOptions) -> Resu
         return Err(errors);
     }
 
-    let templates = build(&tree, rules, &uses, &locales, &options.portal_base_url)?;
+    let mut templates = build(&tree, rules, &uses, &locales, &options.portal_base_url)?;
+    templates.preferences = super::PreferenceUrls {
+        portal_base_url: options.portal_base_url.trim_end_matches('/').to_owned(),
+        links: options.preference_links.clone(),
+    };
     render_examples(dir, &templates, &uses, &options.examples)?;
     Ok(templates)
 }
@@ -233,6 +237,7 @@ fn build(
         registries: engines.registries,
         nonce: nonce(),
         sources: engines.sources,
+        preferences: super::PreferenceUrls::default(),
     })
 }
 
@@ -356,7 +361,7 @@ fn render_examples(
                     };
                     if let Usage::Digest { .. } = usage {
                         let leads = [event.clone(), event.clone()];
-                        if let Err(e) = templates.render_digest(name, &recipient, &leads) {
+                        if let Err(e) = templates.render_digest(name, name, &recipient, &leads) {
                             errors.push(fail(e));
                         }
                         continue;

@@ -56,9 +56,17 @@ pub fn message_id(event: &EventId, notification: &str, recipient: &EmailAddress,
     format!("<{hash:016x}{second:016x}.{notification}@{domain}>")
 }
 
-/// The message for one rendered email. `list_unsubscribe` (a URL) is given
-/// for notifications the rules mark optional; it adds one-click unsubscribe
-/// (RFC 8058) when the URL is HTTPS. `cause` is the event (or digest) id,
+/// Where an optional email is unsubscribed from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListUnsubscribe {
+    pub url: String,
+    /// A `POST` of `List-Unsubscribe=One-Click` to the URL stops it (RFC 8058):
+    /// adds `List-Unsubscribe-Post`.
+    pub one_click: bool,
+}
+
+/// The message for one rendered email. `list_unsubscribe` is given for
+/// notifications the rules mark optional. `cause` is the event (or digest) id,
 /// carried with the notification id in `X-Router-*` headers for mail filters
 /// and support.
 pub fn build_email(
@@ -66,7 +74,7 @@ pub fn build_email(
     sender: &Sender,
     to: &Recipient,
     message_id: &str,
-    list_unsubscribe: Option<&str>,
+    list_unsubscribe: Option<&ListUnsubscribe>,
     cause: &str,
 ) -> Result<Message, MessageError> {
     let address = to
@@ -93,12 +101,11 @@ pub fn build_email(
     if let Some(reply_to) = &sender.reply_to {
         builder = builder.reply_to(reply_to.clone());
     }
-    if let Some(url) = list_unsubscribe {
-        let url = one_line(url);
-        if url.starts_with("https://") {
+    if let Some(unsubscribe) = list_unsubscribe {
+        if unsubscribe.one_click {
             builder = builder.header(ListUnsubscribePost);
         }
-        builder = builder.header(ListUnsubscribe(url));
+        builder = builder.header(ListUnsubscribeHeader(one_line(&unsubscribe.url)));
     }
     Ok(builder.multipart(MultiPart::alternative_plain_html(
         email.text.clone(),
@@ -108,9 +115,9 @@ pub fn build_email(
 
 /// `List-Unsubscribe: <URL>`.
 #[derive(Clone, Debug)]
-struct ListUnsubscribe(String);
+struct ListUnsubscribeHeader(String);
 
-impl Header for ListUnsubscribe {
+impl Header for ListUnsubscribeHeader {
     fn name() -> HeaderName {
         HeaderName::new_from_ascii_str("List-Unsubscribe")
     }

@@ -19,13 +19,13 @@
 //!     match session.render(delivery)? {
 //!         Rendered::Email(email) => {
 //!             let id = message_id(&event.id, &delivery.notification, &delivery.recipient.email, "router.example");
-//!             let unsubscribe = templates.is_optional(&delivery.notification).then(|| url.as_str());
-//!             let message = build_email(&email, &sender, &delivery.recipient, &id, unsubscribe, event.id.as_str())?;
+//!             let unsubscribe = templates.is_optional(&delivery.notification).then(|| list_unsubscribe(delivery));
+//!             let message = build_email(&email, &sender, &delivery.recipient, &id, unsubscribe.as_ref(), event.id.as_str())?;
 //!         }
 //!         Rendered::ActionCenter(entry) => { /* store and publish entry.title, entry.body, entry.link */ }
 //!     }
 //! }
-//! let digest = templates.render_digest("leads-digest", &recipient, &held_lead_events)?;  // at flush
+//! let digest = templates.render_digest("leads-digest", "leads-digest", &recipient, &held_lead_events)?;  // at flush
 //! ```
 //!
 //! A [`Session`] renders what does not depend on the person once per event
@@ -50,7 +50,7 @@ use serde::Serialize;
 
 use crate::event::Event;
 use crate::route::{Recipient, RuleSet};
-pub use message::{MessageError, Sender, build_email, message_id};
+pub use message::{ListUnsubscribe, MessageError, Sender, build_email, message_id};
 pub use session::Session;
 pub use source::TemplateError;
 
@@ -62,6 +62,25 @@ pub struct RenderOptions {
     /// Events every template is rendered against at load (strict mode, every
     /// locale); usually the rule fixtures' examples. Empty: static checks only.
     pub examples: Vec<Event>,
+    /// Where `{{recipient.preferences_url}}` points: each recipient's signed
+    /// link for the notification; without, the portal's notification settings.
+    pub preference_links: Option<crate::preferences::Links>,
+}
+
+/// Where a recipient manages their choice for a notification.
+#[derive(Clone, Debug, Default)]
+pub struct PreferenceUrls {
+    portal_base_url: String,
+    links: Option<crate::preferences::Links>,
+}
+
+impl PreferenceUrls {
+    pub fn url(&self, email: &str, notification: &str) -> String {
+        match &self.links {
+            Some(links) => links.url(email, notification),
+            None => format!("{}/settings/notifications", self.portal_base_url),
+        }
+    }
 }
 
 /// The locale used when neither the recipient's nor a close one exists.
@@ -143,6 +162,7 @@ pub struct Templates {
     nonce: String,
     /// What each engine was given, for tools that render the same templates elsewhere.
     sources: Vec<EngineSource>,
+    preferences: PreferenceUrls,
 }
 
 /// One template as registered with an engine (HTML with its CSS inlined).
@@ -223,14 +243,15 @@ impl Templates {
         self.session(event).render(delivery)
     }
 
-    /// Renders a digest email for one recipient: `leads` are the held events.
+    /// Renders the digest `notification` with `template` for one recipient: `leads` are the held events.
     pub fn render_digest(
         &self,
+        notification: &str,
         template: &str,
         recipient: &Recipient,
         leads: &[Event],
     ) -> Result<RenderedEmail, RenderError> {
-        session::render_digest(self, template, recipient, leads)
+        session::render_digest(self, notification, template, recipient, leads)
     }
 }
 

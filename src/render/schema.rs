@@ -26,10 +26,11 @@ impl Usage {
     }
 }
 
-/// The recipient fields a template may print. `name` and `email` differ per
-/// person and are filled in after the per-event render (see `session.rs`), so
-/// they may only be printed, never tested or passed to helpers.
-pub const RECIPIENT_SLOTS: &[&str] = &["name", "email"];
+/// The recipient fields a template may print. `name`, `email` and
+/// `preferences_url` (their link to stop this notification) differ per person
+/// and are filled in after the per-event render (see `session.rs`), so they
+/// may only be printed, never tested or passed to helpers.
+pub const RECIPIENT_SLOTS: &[&str] = &["name", "email", "preferences_url"];
 
 /// The shape of the render context for `usage`, as one JSON Schema document.
 pub fn context_schema(usage: Usage) -> Value {
@@ -43,7 +44,7 @@ pub fn context_schema(usage: Usage) -> Value {
     };
     let string = json!({"type": "string"});
     let recipient = json!({"type": "object", "properties": {
-        "name": string, "email": string, "time_zone": {"type": ["string", "null"]}}});
+        "name": string, "email": string, "preferences_url": string, "time_zone": {"type": ["string", "null"]}}});
     let mut props = Map::new();
     props.insert("recipient".into(), recipient);
     props.insert("notification".into(), string.clone());

@@ -40,6 +40,25 @@ struct Key {
 enum Slot {
     Name,
     Email,
+    PreferencesUrl,
+}
+
+impl Slot {
+    const ALL: [Slot; 3] = [Slot::Name, Slot::Email, Slot::PreferencesUrl];
+
+    fn field(self) -> &'static str {
+        match self {
+            Slot::Name => "name",
+            Slot::Email => "email",
+            Slot::PreferencesUrl => "preferences_url",
+        }
+    }
+}
+
+/// One recipient's values of the slots.
+struct Filling<'a> {
+    recipient: &'a Recipient,
+    preferences_url: String,
 }
 
 #[derive(Debug)]
@@ -93,7 +112,12 @@ impl<'t> Session<'t> {
             self.cache.insert(key.clone(), parts);
         }
         let parts = &self.cache[&key];
-        let r = &delivery.recipient;
+        let r = &Filling {
+            recipient: &delivery.recipient,
+            preferences_url: templates
+                .preferences
+                .url(delivery.recipient.email.as_str(), &delivery.notification),
+        };
         let notification = delivery.notification.clone();
         Ok(match key.channel {
             Channel::Email => Rendered::Email(RenderedEmail {
@@ -125,21 +149,20 @@ impl<'t> Session<'t> {
             .unwrap_or(super::DEFAULT_LOCALE)
             .to_owned();
         let r = &delivery.recipient;
-        let context = self.event_context(entry, delivery, &locale, r.name.clone(), r.email.to_string());
+        let url = templates.preferences.url(r.email.as_str(), &delivery.notification);
+        let context = self.event_context(entry, delivery, &locale, [r.name.clone(), r.email.to_string(), url]);
         Ok(context.data().clone())
     }
 
     /// The shared context, with this delivery's fields set in place (no copy of the event).
-    fn event_context(&mut self, entry: &Entry, d: &Delivery, locale: &str, name: String, email: String) -> &Context {
+    /// `slots`: the recipient's name, email and preferences URL (or their markers).
+    fn event_context(&mut self, entry: &Entry, d: &Delivery, locale: &str, slots: [String; 3]) -> &Context {
         let event = self.event;
         let context = self
             .context
             .get_or_insert_with(|| Context::from(serde_json::to_value(event).unwrap_or(Value::Null)));
         if let Some(obj) = context.data_mut().as_object_mut() {
-            obj.insert(
-                "recipient".into(),
-                recipient(name, email, d.recipient.time_zone.as_deref()),
-            );
+            obj.insert("recipient".into(), recipient(slots, d.recipient.time_zone.as_deref()));
             obj.insert("receiver".into(), d.receiver.clone().unwrap_or(Value::Null));
             obj.insert("notification".into(), Value::String(entry.title.clone()));
             obj.insert("locale".into(), Value::String(locale.to_owned()));
@@ -150,8 +173,8 @@ impl<'t> Session<'t> {
     fn prepare(&mut self, key: &Key, entry: &Entry, delivery: &Delivery) -> Result<Vec<Part>, RenderError> {
         let templates = self.templates;
         let nonce = &templates.nonce;
-        let (name, email) = (marker(nonce, Slot::Name), marker(nonce, Slot::Email));
-        let context = self.event_context(entry, delivery, &key.locale, name, email);
+        let markers = Slot::ALL.map(|slot| marker(nonce, slot));
+        let context = self.event_context(entry, delivery, &key.locale, markers);
         let link = [(LINK_PART, Kind::Text)];
         let parts: Vec<(&str, Kind)> = match key.channel {
             Channel::Email => EMAIL_PARTS.to_vec(),
@@ -167,8 +190,8 @@ impl<'t> Session<'t> {
     }
 }
 
-fn recipient(name: String, email: String, time_zone: Option<&str>) -> Value {
-    json!({"name": name, "email": email, "time_zone": time_zone})
+fn recipient([name, email, preferences_url]: [String; 3], time_zone: Option<&str>) -> Value {
+    json!({"name": name, "email": email, "preferences_url": preferences_url, "time_zone": time_zone})
 }
 
 fn render_part(
@@ -193,11 +216,7 @@ fn render_part(
 }
 
 fn marker(nonce: &str, slot: Slot) -> String {
-    let field = match slot {
-        Slot::Name => "name",
-        Slot::Email => "email",
-    };
-    format!("\u{E000}{nonce}:{field}\u{E001}")
+    format!("\u{E000}{nonce}:{}\u{E001}", slot.field())
 }
 
 /// Cuts a rendered part at the recipient markers.
@@ -207,13 +226,11 @@ fn split(out: &str, nonce: &str, kind: Kind) -> Part {
     let mut rest = out;
     while let Some(at) = rest.find(&open) {
         let after = &rest[at + open.len()..];
-        let slot = if after.starts_with("name\u{E001}") {
-            Some((Slot::Name, "name\u{E001}".len()))
-        } else if after.starts_with("email\u{E001}") {
-            Some((Slot::Email, "email\u{E001}".len()))
-        } else {
-            None
-        };
+        let slot = Slot::ALL.into_iter().find_map(|slot| {
+            let field = slot.field();
+            (after.starts_with(field) && after[field.len()..].starts_with('\u{E001}'))
+                .then(|| (slot, field.len() + '\u{E001}'.len_utf8()))
+        });
         let Some((slot, len)) = slot else {
             segments.push(Segment::Text(rest[..at + open.len()].to_owned()));
             rest = after;
@@ -236,15 +253,16 @@ fn split(out: &str, nonce: &str, kind: Kind) -> Part {
 }
 
 /// The part with this recipient's fields, escaped as the part's kind needs.
-fn fill(part: &Part, r: &Recipient) -> String {
+fn fill(part: &Part, r: &Filling) -> String {
     let mut s = String::with_capacity(part.len + 64);
     for segment in &part.segments {
         match segment {
             Segment::Text(t) => s.push_str(t),
             Segment::Slot(slot) => {
                 let value = match slot {
-                    Slot::Name => r.name.as_str(),
-                    Slot::Email => r.email.as_str(),
+                    Slot::Name => r.recipient.name.as_str(),
+                    Slot::Email => r.recipient.email.as_str(),
+                    Slot::PreferencesUrl => r.preferences_url.as_str(),
                 };
                 match part.kind {
                     Kind::Html => s.push_str(&handlebars::html_escape(value)),
@@ -259,6 +277,7 @@ fn fill(part: &Part, r: &Recipient) -> String {
 /// Renders a digest for one recipient (no sharing: each digest is its own).
 pub(super) fn render_digest(
     templates: &Templates,
+    notification: &str,
     template: &str,
     r: &Recipient,
     leads: &[Event],
@@ -281,9 +300,10 @@ pub(super) fn render_digest(
         .cloned()
         .unwrap_or(Value::Null);
     let mut ctx = Map::new();
+    let url = templates.preferences.url(r.email.as_str(), notification);
     ctx.insert(
         "recipient".into(),
-        recipient(r.name.clone(), r.email.to_string(), r.time_zone.as_deref()),
+        recipient([r.name.clone(), r.email.to_string(), url], r.time_zone.as_deref()),
     );
     ctx.insert("notification".into(), Value::String(entry.title.clone()));
     ctx.insert("locale".into(), Value::String(locale.clone()));
@@ -312,9 +332,10 @@ mod tests {
     fn markers_split_and_fill_with_escaping() {
         let nonce = "n1";
         let out = format!(
-            "<p>Hi {}, {}</p>",
+            "<p>Hi {}, {}</p><a href=\"{}\">",
             marker(nonce, Slot::Name),
-            marker(nonce, Slot::Email)
+            marker(nonce, Slot::Email),
+            marker(nonce, Slot::PreferencesUrl)
         );
         let part = split(&out, nonce, Kind::Html);
         let r = Recipient {
@@ -325,9 +346,19 @@ mod tests {
             locale: None,
             time_zone: None,
         };
-        assert_eq!(fill(&part, &r), "<p>Hi Tom &amp; &lt;Jerry&gt;, a@b.example</p>");
+        let r = Filling {
+            recipient: &r,
+            preferences_url: "https://x.example/p?a=1&b=2".into(),
+        };
+        assert_eq!(
+            fill(&part, &r),
+            "<p>Hi Tom &amp; &lt;Jerry&gt;, a@b.example</p><a href=\"https://x.example/p?a&#x3D;1&amp;b&#x3D;2\">"
+        );
         let text = split(&out, nonce, Kind::Text);
-        assert_eq!(fill(&text, &r), "<p>Hi Tom & <Jerry>, a@b.example</p>");
+        assert_eq!(
+            fill(&text, &r),
+            "<p>Hi Tom & <Jerry>, a@b.example</p><a href=\"https://x.example/p?a=1&b=2\">"
+        );
         // A marker with another nonce (say, typed into an event) is left alone.
         let forged = split("x\u{E000}n2:name\u{E001}", nonce, Kind::Text);
         assert_eq!(fill(&forged, &r), "x\u{E000}n2:name\u{E001}");

@@ -212,7 +212,7 @@ impl<'a> Replay<'a> {
         }
         let subject = self.engine.templates.map(|t| {
             let leads: Vec<Event> = held.items.iter().map(|(_, e)| e.clone()).collect();
-            match t.render_digest(&held.template, &held.delivery.recipient, &leads) {
+            match t.render_digest(&held.notification, &held.template, &held.delivery.recipient, &leads) {
                 Ok(e) => e.subject,
                 Err(e) => format!("(does not render: {e})"),
             }

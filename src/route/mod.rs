@@ -21,6 +21,10 @@ pub use rules::{RuleSet, RulesError};
 pub use selector::Recipient;
 pub use state::{MemoryState, StateView};
 
+/// What the log and `explain` name, among the deciding rules, for a delivery
+/// its recipient turned off: their own choice, not a rule.
+pub const PREFERENCE: &str = "preference";
+
 /// The key of a digest counter: one per counter, partner and partner-local day.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct DigestKey {
@@ -270,7 +274,7 @@ impl<'a> Router<'a> {
     /// Applies the matched suppressions (to their own fan-out item, or to
     /// the whole event) and settles one delivery per person.
     fn finish(mut self) -> Plan {
-        for (rule, names, scope) in self.suppressions {
+        for (rule, names, scope) in std::mem::take(&mut self.suppressions) {
             for (d, d_scope) in self.raw.iter_mut() {
                 if names.contains(&d.notification) && (scope.is_none() || scope == *d_scope) {
                     d.decision = Decision::Suppress;
@@ -282,8 +286,39 @@ impl<'a> Router<'a> {
                 }
             }
         }
-        self.plan.deliveries = dedupe(self.raw.into_iter().map(|(d, _)| d));
+        self.plan.deliveries = dedupe(std::mem::take(&mut self.raw).into_iter().map(|(d, _)| d));
+        self.honour_preferences();
         self.plan
+    }
+
+    /// Suppresses the optional deliveries their recipients turned off, by [`PREFERENCE`].
+    fn honour_preferences(&mut self) {
+        for d in &mut self.plan.deliveries {
+            let Some(n) = self.rules.notifications.get(&d.notification) else {
+                continue;
+            };
+            if !n.optional
+                || d.decision == Decision::Suppress
+                || self
+                    .dir
+                    .wants(&d.recipient.email, &d.notification, n.category.as_deref(), d.channel)
+            {
+                continue;
+            }
+            d.decision = Decision::Suppress;
+            d.digest = None;
+            d.held_for = None;
+            d.rules.push(PREFERENCE.to_owned());
+            self.plan.trace.push(Trace {
+                rule: PREFERENCE.to_owned(),
+                scope: Some(d.recipient.email.to_string()),
+                matched: true,
+                reason: format!(
+                    "{} turned off {} on {}: suppressed",
+                    d.recipient.email, d.notification, d.channel
+                ),
+            });
+        }
     }
 }
 

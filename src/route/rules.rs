@@ -99,9 +99,12 @@ pub enum DayBoundary {
 pub struct Notification {
     /// The name people know it by.
     pub title: String,
-    /// Optional notifications carry `List-Unsubscribe`.
+    /// Optional notifications carry `List-Unsubscribe`, and recipients may turn them off.
     #[serde(default)]
     pub optional: bool,
+    /// The category recipients turn it off by, as well as by itself: one of `categories`.
+    #[serde(default)]
+    pub category: Option<String>,
     /// How its Action Center entry is filed, when it has one.
     #[serde(default)]
     pub action_center: Option<ActionCenterSpec>,
@@ -199,9 +202,19 @@ pub struct RecordSpec {
     pub referral_status: Option<StatusValue>,
 }
 
+/// A group of notifications recipients can turn off together.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Category {
+    /// The name people see in their preferences.
+    pub title: String,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RulesFile {
+    #[serde(default)]
+    categories: BTreeMap<String, Spanned<Category>>,
     #[serde(default)]
     notifications: BTreeMap<String, Spanned<Notification>>,
     #[serde(default)]
@@ -278,6 +291,7 @@ pub struct Rule {
 /// The loaded, checked rule set the router routes with.
 #[derive(Clone, Debug)]
 pub struct RuleSet {
+    pub categories: BTreeMap<String, Category>,
     pub notifications: BTreeMap<String, Notification>,
     pub selectors: BTreeMap<String, Selector>,
     pub rules: Vec<Rule>,
@@ -424,11 +438,24 @@ fn at(loc: &SourceLoc, message: String) -> Diagnostic {
 }
 
 fn compile(files: Vec<(PathBuf, RulesFile)>, diags: &mut Vec<Diagnostic>, hash: &str) -> RuleSet {
+    let mut categories = BTreeMap::new();
     let mut notifications = BTreeMap::new();
+    let mut categorised = Vec::new();
     let mut selectors = BTreeMap::new();
     let mut specs = Vec::new();
     for (file, doc) in files {
+        for (name, spec) in doc.categories {
+            if categories.insert(name.clone(), spec.value).is_some() {
+                diags.push(at(
+                    &loc(&file, &spec.referenced),
+                    format!("category `{name}` is defined twice"),
+                ));
+            }
+        }
         for (name, spec) in doc.notifications {
+            if let Some(category) = &spec.value.category {
+                categorised.push((category.clone(), name.clone(), loc(&file, &spec.referenced)));
+            }
             if notifications.insert(name.clone(), spec.value).is_some() {
                 diags.push(at(
                     &loc(&file, &spec.referenced),
@@ -449,6 +476,18 @@ fn compile(files: Vec<(PathBuf, RulesFile)>, diags: &mut Vec<Diagnostic>, hash: 
         }
         specs.extend(doc.rules.into_iter().map(|r| (file.clone(), r)));
     }
+    for (category, name, location) in categorised {
+        if !categories.contains_key(&category) {
+            let known: Vec<&str> = categories.keys().map(String::as_str).collect();
+            diags.push(at(
+                &location,
+                format!(
+                    "notification `{name}` names category `{category}`, which is not declared under `categories` (known: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
     let mut rules = Vec::new();
     let mut ids = BTreeSet::new();
     for (file, spec) in specs {
@@ -456,12 +495,22 @@ fn compile(files: Vec<(PathBuf, RulesFile)>, diags: &mut Vec<Diagnostic>, hash: 
         if !ids.insert(spec.id.value.clone()) {
             diags.push(at(&location, format!("rule id `{}` is used twice", spec.id.value)));
         }
+        if spec.id.value == super::PREFERENCE {
+            diags.push(at(
+                &location,
+                format!(
+                    "rule id `{}` is reserved: it names a recipient's own choice in the log",
+                    super::PREFERENCE
+                ),
+            ));
+        }
         if let Some(rule) = compile_rule(&file, spec, location, &notifications, &selectors, diags) {
             rules.push(rule);
         }
     }
     check_suppressions(&rules, diags);
     RuleSet {
+        categories,
         notifications,
         selectors: selectors.into_iter().map(|(k, (s, _))| (k, s)).collect(),
         rules,

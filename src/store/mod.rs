@@ -141,6 +141,55 @@ pub struct ActionCenterEntry {
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub read: bool,
+    /// The user opened the list it is in (what the badge counts down).
+    pub seen: bool,
+    pub archived: bool,
+}
+
+/// Which page of a user's inbox to read: newest first, before `cursor`.
+#[derive(Clone, Debug, Default)]
+pub struct InboxQuery<'a> {
+    pub unread_only: bool,
+    pub category: Option<&'a str>,
+    /// Archived entries only (otherwise they are left out).
+    pub archived: bool,
+    /// The position after which the previous page stopped.
+    pub before: Option<i64>,
+    pub limit: u32,
+}
+
+/// A page of a user's inbox.
+#[derive(Clone, Debug, Default)]
+pub struct InboxPage {
+    /// With each entry its position, newest (highest) first.
+    pub entries: Vec<(i64, ActionCenterEntry)>,
+    /// Whether more entries follow the last one.
+    pub more: bool,
+}
+
+/// What a user's badge shows: entries not archived nor expired, unread and unseen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct InboxCounts {
+    pub unread: u64,
+    pub unseen: u64,
+}
+
+/// A change a user makes to their own entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    Read,
+    Seen,
+    Archived,
+    /// Back out of the archive.
+    Restored,
+}
+
+/// Preference changes stored after a sequence number, in the order they were made.
+#[derive(Debug, Default)]
+pub struct PreferenceChanges {
+    pub changes: Vec<crate::preferences::PreferenceChange>,
+    /// The newest sequence number seen: ask for changes after it next time.
+    pub seq: i64,
 }
 
 /// Held deliveries waiting for one recipient's digest.
@@ -193,8 +242,14 @@ pub enum EventRecord {
 /// How a claimed digest ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DigestOutcome<'a> {
-    Sent { message_id: &'a str },
-    Failed { error: &'a str },
+    Sent {
+        message_id: &'a str,
+    },
+    Failed {
+        error: &'a str,
+    },
+    /// Every item was dropped (see [`DigestStore::drop_held`]): nothing to send.
+    Empty,
 }
 
 /// One row of the notification log: what happened to one planned delivery.
@@ -232,6 +287,12 @@ pub trait DirectoryStore: Send + Sync {
     /// The directory events stored (by any worker) after `after`, oldest first;
     /// `after = 0` gives the whole directory. Cheap when nothing changed.
     async fn directory_changes(&self, after: i64) -> Result<DirectoryChanges, StoreError>;
+
+    /// The preference changes stored (by any worker) after `after`, oldest first.
+    async fn preference_changes(&self, after: i64) -> Result<PreferenceChanges, StoreError>;
+
+    /// Records recipients' choices, in order, in one transaction.
+    async fn record_preferences(&self, changes: &[crate::preferences::PreferenceChange]) -> Result<(), StoreError>;
 }
 
 /// Events: admission, the claims on their deliveries, and what became of each.
@@ -282,13 +343,22 @@ pub trait EntryStore: Send + Sync {
     /// Stores an entry; storing the same id again changes nothing.
     async fn put_entry(&self, entry: &ActionCenterEntry) -> Result<(), StoreError>;
 
-    /// A user's entries, newest first.
-    async fn entries(&self, user: &str, unread_only: bool, limit: u32) -> Result<Vec<ActionCenterEntry>, StoreError>;
+    /// A page of a user's entries (not expired), newest first.
+    async fn inbox(&self, user: &str, query: &InboxQuery<'_>) -> Result<InboxPage, StoreError>;
 
-    async fn unread_count(&self, user: &str) -> Result<u64, StoreError>;
+    /// A user's entries stored after position `after` (not expired nor archived), oldest first.
+    async fn entries_after(&self, user: &str, after: i64) -> Result<Vec<(i64, ActionCenterEntry)>, StoreError>;
 
-    /// Marks the user's entries read (one, or all when `id` is `None`); returns how many changed.
-    async fn mark_read(&self, user: &str, id: Option<&str>) -> Result<u64, StoreError>;
+    /// The position of the newest entry stored for `user` (0 when none).
+    async fn newest_entry(&self, user: &str) -> Result<i64, StoreError>;
+
+    async fn counts(&self, user: &str) -> Result<InboxCounts, StoreError>;
+
+    /// One of the user's entries, if it is theirs and not expired.
+    async fn entry(&self, user: &str, id: &str) -> Result<Option<ActionCenterEntry>, StoreError>;
+
+    /// Marks the user's entries (one, or all when `id` is `None`); returns how many changed.
+    async fn mark(&self, user: &str, id: Option<&str>, mark: Mark) -> Result<u64, StoreError>;
 }
 
 /// Held deliveries and the digests that send them.
@@ -322,6 +392,16 @@ pub trait DigestStore: Send + Sync {
         &self,
         digest_id: &str,
         outcome: &DigestOutcome<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Takes items out of a claimed digest because their recipient turned
+    /// them off: their log rows become `suppressed` with these rules, and
+    /// they are never claimed again.
+    async fn drop_held(
+        &self,
+        digest_id: &str,
+        items: &[(i64, Vec<String>)],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 }

@@ -179,5 +179,6 @@ pub fn digest_settlement<'a>(
     match *outcome {
         super::DigestOutcome::Sent { message_id } => ("sent", "digested", Some(message_id), None),
         super::DigestOutcome::Failed { error } => ("failed", "failed", None, Some(error)),
+        super::DigestOutcome::Empty => ("empty", "suppressed", None, None),
     }
 }

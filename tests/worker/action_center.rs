@@ -2,22 +2,11 @@
 
 use std::time::Duration;
 
-use jsonwebtoken::{EncodingKey, Header};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::support::{self, Backend, JWT_SECRET, example, http, on_both_backends};
+use crate::support::{self, Backend, JWT_SECRET, example, http, jwt, on_both_backends};
 
 on_both_backends!(users_see_and_mark_only_their_own_entries, health_readiness_and_metrics,);
-
-fn token(sub: &str, secret: &str, exp_in: i64) -> String {
-    let exp = chrono::Utc::now().timestamp() + exp_in;
-    jsonwebtoken::encode(
-        &Header::default(),
-        &json!({"sub": sub, "exp": exp}),
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
 
 async fn get(addr: &str, path: &str, tok: Option<&str>) -> (u16, Value) {
     let (status, body) = http(addr, "GET", path, tok).await.unwrap();
@@ -35,8 +24,8 @@ async fn users_see_and_mark_only_their_own_entries(backend: Backend) {
         .wait_settled(support::directory_events().len() + 2, Duration::from_secs(20))
         .await;
     let addr = &worker.http;
-    let cara = token("nw-cara", JWT_SECRET, 600);
-    let amy = token("fab-amy", JWT_SECRET, 600);
+    let cara = jwt("nw-cara", JWT_SECRET, 600);
+    let amy = jwt("fab-amy", JWT_SECRET, 600);
 
     let (status, body) = get(addr, "/api/v1/action-center/entries", Some(&cara)).await;
     assert_eq!(status, 200, "{body}");
@@ -85,8 +74,8 @@ async fn users_see_and_mark_only_their_own_entries(backend: Backend) {
     // No token, a forged one, an expired one, garbage: 401.
     for bad in [
         None,
-        Some(token("nw-cara", "not-the-secret", 600)),
-        Some(token("nw-cara", JWT_SECRET, -3600)),
+        Some(jwt("nw-cara", "not-the-secret", 600)),
+        Some(jwt("nw-cara", JWT_SECRET, -3600)),
         Some("garbage".to_string()),
     ] {
         let (status, _) = get(addr, "/api/v1/action-center/entries", bad.as_deref()).await;

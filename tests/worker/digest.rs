@@ -16,6 +16,7 @@ on_both_backends!(
     held_leads_survive_a_rule_change_that_renames_their_counter,
     held_leads_survive_a_rule_change_that_removes_the_digest,
     a_permanently_refused_digest_recipient_is_marked_failed_and_not_retried,
+    a_held_lead_is_left_out_of_the_digest_of_a_recipient_who_then_turned_it_off,
 );
 
 const RECIPIENTS: [&str; 3] = [
@@ -143,6 +144,62 @@ async fn twenty_five_leads_give_ten_emails_then_digests_of_exactly_the_other_fif
     assert_eq!(count("email", "digested"), 15);
     assert_eq!(count("email", "held"), 0);
     assert_eq!(count("action_center", "sent"), 25);
+    broker.cleanup().await;
+}
+
+async fn a_held_lead_is_left_out_of_the_digest_of_a_recipient_who_then_turned_it_off(backend: Backend) {
+    let _gate = support::shared().await;
+    let (broker, smtp, worker) = start("digestoptout", backend, &[]).await;
+    let dir = support::directory_events().len();
+    for n in 1..=12 {
+        let time = format!("2026-11-20T17:{:02}:00Z", n * 2);
+        broker.publish(&lead(n, &time, &format!("Company-{n:02}"))).await;
+    }
+    worker.wait_settled(dir + 12, Duration::from_secs(60)).await;
+    smtp.wait_for(30, Duration::from_secs(30)).await;
+    // Two leads are held for each recipient; then Dana turns lead emails off.
+    let dana = support::jwt("fab-dana", support::JWT_SECRET, 600);
+    let ask = br#"{"notifications": {"lead-generated": {"email": false}}}"#;
+    let (status, body) = support::http_body(
+        &worker.http,
+        "PUT",
+        "/api/v1/preferences",
+        Some(&dana),
+        Some(("application/json", ask)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    let report = flush(&worker);
+    assert!(report.contains("digests sent: 2, leads digested: 4"), "{report}");
+    assert!(
+        report.contains("left out because their recipient turned them off: 2"),
+        "{report}"
+    );
+    let mail = sorted_mail(&smtp);
+    assert!(mail["dana@fabrikam.example"].1.is_empty(), "no digest for Dana");
+    for recipient in ["gina@fabrikam.example", "sales@fabrikam.example"] {
+        assert_eq!(
+            mail[recipient].1,
+            [vec!["Company-11".to_string(), "Company-12".to_string()]]
+        );
+    }
+    // Dana's held leads say why, and nothing is held any more.
+    let out = worker.cli(&["log", "--recipient", "dana@fabrikam.example", "--json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("log JSON");
+    let held: Vec<_> = rows
+        .iter()
+        .filter(|r| {
+            r["channel"] == "email" && ["evt-lead-11", "evt-lead-12"].contains(&r["event_id"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(held.len(), 2, "{rows:?}");
+    for r in held {
+        assert_eq!(r["status"], "suppressed", "{r}");
+        assert!(r["rules"].as_array().unwrap().contains(&"preference".into()), "{r}");
+    }
+    assert!(flush(&worker).contains("digests sent: 0"));
     broker.cleanup().await;
 }
 

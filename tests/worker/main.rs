@@ -8,6 +8,7 @@ mod failures;
 mod hostile;
 mod mail;
 mod operations;
+mod preferences;
 mod recovery;
 mod replay;
 mod robustness;

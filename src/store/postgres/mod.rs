@@ -25,6 +25,9 @@ mod entries;
 #[path = "../sql/events.rs"]
 mod events;
 #[allow(clippy::duplicate_mod)]
+#[path = "../sql/preferences.rs"]
+mod preferences;
+#[allow(clippy::duplicate_mod)]
 #[path = "../sql/traits.rs"]
 mod traits;
 
@@ -57,6 +60,8 @@ mod dialect {
     pub type Int = i32;
     pub type Stamp = DateTime<Utc>;
     pub const FOR_UPDATE: &str = " FOR UPDATE";
+    /// The column giving the order Action Center entries were stored in.
+    pub const ENTRY_SEQ: &str = "seq";
 
     pub fn stamp(t: DateTime<Utc>) -> Stamp {
         t
@@ -83,7 +88,9 @@ mod dialect {
     }
 }
 
-use super::{ActionCenterEntry, Admission, EntryStore, EventStore, Planner, StoreError};
+use super::{
+    ActionCenterEntry, Admission, EntryStore, EventStore, InboxCounts, InboxPage, InboxQuery, Mark, Planner, StoreError,
+};
 use crate::event::Event;
 use crate::route::{DigestKey, MemoryState};
 
@@ -227,15 +234,27 @@ impl EntryStore for PgStore {
         entries::put(&self.pool, e).await
     }
 
-    async fn entries(&self, user: &str, unread_only: bool, limit: u32) -> Result<Vec<ActionCenterEntry>, StoreError> {
-        entries::list(&self.pool, user, unread_only, limit).await
+    async fn inbox(&self, user: &str, query: &InboxQuery<'_>) -> Result<InboxPage, StoreError> {
+        entries::inbox(&self.pool, user, query).await
     }
 
-    async fn unread_count(&self, user: &str) -> Result<u64, StoreError> {
-        entries::unread(&self.pool, user).await
+    async fn entries_after(&self, user: &str, after: i64) -> Result<Vec<(i64, ActionCenterEntry)>, StoreError> {
+        entries::after(&self.pool, user, after).await
     }
 
-    async fn mark_read(&self, user: &str, id: Option<&str>) -> Result<u64, StoreError> {
-        entries::mark_read(&self.pool, user, id).await
+    async fn newest_entry(&self, user: &str) -> Result<i64, StoreError> {
+        entries::newest(&self.pool, user).await
+    }
+
+    async fn counts(&self, user: &str) -> Result<InboxCounts, StoreError> {
+        entries::counts(&self.pool, user).await
+    }
+
+    async fn entry(&self, user: &str, id: &str) -> Result<Option<ActionCenterEntry>, StoreError> {
+        entries::one(&self.pool, user, id).await
+    }
+
+    async fn mark(&self, user: &str, id: Option<&str>, mark: Mark) -> Result<u64, StoreError> {
+        entries::mark(&self.pool, user, id, mark).await
     }
 }

@@ -223,6 +223,37 @@ pub async fn settle(
     Ok(())
 }
 
+/// Takes items out of a claimed digest (see [`crate::store::DigestStore::drop_held`]).
+pub async fn drop_held(
+    pool: &Pool,
+    digest_id: &str,
+    items: &[(i64, Vec<String>)],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    for (log_id, rules) in items {
+        let rules = serde_json::to_string(rules).unwrap_or_else(|_| "[]".into());
+        sqlx::query(
+            "UPDATE notification_log SET status = 'suppressed', rules = $1, updated_at = $2
+             WHERE id = $3 AND status = 'held'",
+        )
+        .bind(rules)
+        .bind(stamp(now))
+        .bind(log_id)
+        .execute(&mut *tx)
+        .await?;
+        // Out of the digest and of every later group: settled, in no digest.
+        sqlx::query("UPDATE held SET digest_id = NULL, digested_at = $1 WHERE log_id = $2 AND digest_id = $3")
+            .bind(stamp(now))
+            .bind(log_id)
+            .bind(digest_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 macro_rules! log_columns {
     () => {
         "event_id, event_type, notification, channel, recipient, status, rules, message_id, digest_id, error, \

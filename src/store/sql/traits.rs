@@ -6,11 +6,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{Backend, digests, events};
+use super::{Backend, digests, events, preferences};
 use crate::event::Event;
+use crate::preferences::PreferenceChange;
 use crate::store::{
     ArchiveStore, DigestClaim, DigestOutcome, DigestStore, DirectoryChanges, DirectoryStore, EventRecord, HeldGroup,
-    LogEntry, LogStore, Store, StoreError, record,
+    LogEntry, LogStore, PreferenceChanges, Store, StoreError, record,
 };
 
 #[async_trait]
@@ -37,6 +38,14 @@ impl DirectoryStore for Backend {
             events: record::decode_rows(raw)?,
             seq,
         })
+    }
+
+    async fn preference_changes(&self, after: i64) -> Result<PreferenceChanges, StoreError> {
+        preferences::changes(self.read_pool(), after).await
+    }
+
+    async fn record_preferences(&self, changes: &[PreferenceChange]) -> Result<(), StoreError> {
+        preferences::record(self.write_pool(), changes, Utc::now()).await
     }
 }
 
@@ -72,6 +81,15 @@ impl DigestStore for Backend {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         digests::settle(self.write_pool(), digest_id, outcome, now).await
+    }
+
+    async fn drop_held(
+        &self,
+        digest_id: &str,
+        items: &[(i64, Vec<String>)],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        digests::drop_held(self.write_pool(), digest_id, items, now).await
     }
 }
 

@@ -29,6 +29,9 @@ mod entries;
 #[path = "../sql/events.rs"]
 mod events;
 #[allow(clippy::duplicate_mod)]
+#[path = "../sql/preferences.rs"]
+mod preferences;
+#[allow(clippy::duplicate_mod)]
 #[path = "../sql/traits.rs"]
 mod traits;
 
@@ -63,6 +66,8 @@ mod dialect {
     pub type Int = i64;
     pub type Stamp = String;
     pub const FOR_UPDATE: &str = "";
+    /// The column giving the order Action Center entries were stored in.
+    pub const ENTRY_SEQ: &str = "rowid";
 
     pub fn stamp(t: DateTime<Utc>) -> Stamp {
         super::ts(t)
@@ -78,7 +83,10 @@ mod dialect {
     }
 }
 
-use super::{ActionCenterEntry, Admission, EntryStore, EventStore, Planner, StoreError, record};
+use super::{
+    ActionCenterEntry, Admission, EntryStore, EventStore, InboxCounts, InboxPage, InboxQuery, Mark, Planner,
+    StoreError, record,
+};
 use crate::event::Event;
 use crate::route::{DigestKey, MemoryState};
 
@@ -341,16 +349,28 @@ impl EntryStore for SqliteStore {
         tx.commit().await
     }
 
-    async fn entries(&self, user: &str, unread_only: bool, limit: u32) -> Result<Vec<ActionCenterEntry>, StoreError> {
-        entries::list(&self.reader, user, unread_only, limit).await
+    async fn inbox(&self, user: &str, query: &InboxQuery<'_>) -> Result<InboxPage, StoreError> {
+        entries::inbox(&self.reader, user, query).await
     }
 
-    async fn unread_count(&self, user: &str) -> Result<u64, StoreError> {
-        entries::unread(&self.reader, user).await
+    async fn entries_after(&self, user: &str, after: i64) -> Result<Vec<(i64, ActionCenterEntry)>, StoreError> {
+        entries::after(&self.reader, user, after).await
     }
 
-    async fn mark_read(&self, user: &str, id: Option<&str>) -> Result<u64, StoreError> {
-        entries::mark_read(&self.writer, user, id).await
+    async fn newest_entry(&self, user: &str) -> Result<i64, StoreError> {
+        entries::newest(&self.reader, user).await
+    }
+
+    async fn counts(&self, user: &str) -> Result<InboxCounts, StoreError> {
+        entries::counts(&self.reader, user).await
+    }
+
+    async fn entry(&self, user: &str, id: &str) -> Result<Option<ActionCenterEntry>, StoreError> {
+        entries::one(&self.reader, user, id).await
+    }
+
+    async fn mark(&self, user: &str, id: Option<&str>, mark: Mark) -> Result<u64, StoreError> {
+        entries::mark(&self.writer, user, id, mark).await
     }
 }
 

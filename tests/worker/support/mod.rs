@@ -20,6 +20,19 @@ pub(crate) use store::on_both_backends;
 pub use store::{Backend, TestStore};
 
 pub const JWT_SECRET: &str = "test-secret-for-the-action-center";
+/// Where the workers under test say they are reached from outside (the base of preferences links).
+pub const PUBLIC_URL: &str = "https://router.example";
+
+/// A bearer JWT for `sub`, signed with `secret`, expiring in `exp_in` seconds.
+pub fn jwt(sub: &str, secret: &str, exp_in: i64) -> String {
+    let exp = chrono::Utc::now().timestamp() + exp_in;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": sub, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
 
 /// Most tests share the broker; the one that closes every broker connection runs alone.
 static GATE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
@@ -124,6 +137,8 @@ impl Worker {
             ("ROUTER__AMQP__RECONNECT_MIN", "200ms"),
             ("ROUTER__AMQP__RECONNECT_MAX", "2s"),
             ("ROUTER__HTTP__JWT_SECRET", JWT_SECRET),
+            ("ROUTER__HTTP__PUBLIC_URL", PUBLIC_URL),
+            ("ROUTER__HTTP__PREFERENCES_SECRET", "test-secret-for-preference-links"),
             ("ROUTER__LOG__LEVEL", "info,referral_router=debug"),
         ]
         .into_iter()
@@ -302,14 +317,34 @@ impl Drop for Worker {
 
 /// A minimal HTTP/1.1 client: (status, body).
 pub async fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    http_body(addr, method, path, token, None).await
+}
+
+/// The same, sending `body` (its content type, then the bytes).
+pub async fn http_body(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, &[u8])>,
+) -> std::io::Result<(u16, String)> {
     let fut = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
-        let request =
-            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+        let (content_type, bytes) = body.unwrap_or(("", b""));
+        let content_type = if content_type.is_empty() {
+            String::new()
+        } else {
+            format!("Content-Type: {content_type}\r\n")
+        };
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            bytes.len()
+        );
         stream.write_all(request.as_bytes()).await?;
+        stream.write_all(bytes).await?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await?;
         let text = String::from_utf8_lossy(&raw).into_owned();

@@ -1,14 +1,23 @@
-//! HTTP: `/healthz`, `/readyz` (broker and store reachable), `/metrics`, and
-//! the Action Center API. The API trusts only a bearer JWT (HS256, secret from
-//! `http.jwt_secret`); its subject is the user, so a user sees only their own entries.
+//! HTTP: `/healthz`, `/readyz` (broker and store reachable), `/metrics`, the
+//! Action Center inbox ([`inbox`]), recipients' preferences and the one-click
+//! unsubscribe links in emails ([`preferences`]), and the operators'
+//! notification log. The user APIs trust only a bearer JWT (HS256, secret
+//! from `http.jwt_secret`); its subject is the user, so a user sees and
+//! changes only their own.
+
+// A handler's early exit is the response it sends: `Result<_, Response>` is the idiom.
+#![allow(clippy::result_large_err)]
+
+mod inbox;
+mod preferences;
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -19,28 +28,38 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::Publisher;
 use crate::config::Http;
 use crate::flow::Flow;
-use crate::serving::Serving;
+use crate::signed::Signer;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
-/// What the HTTP server reads: the store, the metrics, whether the broker is
-/// connected, the rules (to name suppressing ones), and its own settings.
+/// What the HTTP server reads: the flow's store, metrics, rules and
+/// directory (with the preferences), whether the broker is connected, and
+/// its own settings.
 pub struct HttpState {
     store: Arc<dyn Store>,
     metrics: Metrics,
     publisher: Publisher,
-    serving: Arc<Serving>,
+    flow: Arc<Flow>,
     settings: Http,
+    /// The signed preferences links emails carry, when configured.
+    links: Option<crate::preferences::Links>,
+    /// Signs the inbox's page cursors.
+    cursors: Signer,
+    /// Ends the live streams, so a shutdown does not wait for their clients.
+    shutdown: CancellationToken,
 }
 
 impl HttpState {
-    pub fn new(flow: &Flow, settings: &Http, publisher: Publisher) -> Arc<Self> {
+    pub fn new(flow: &Arc<Flow>, settings: &Http, publisher: Publisher, shutdown: CancellationToken) -> Arc<Self> {
         Arc::new(Self {
             store: flow.store.clone(),
             metrics: flow.metrics.clone(),
             publisher,
-            serving: flow.serving.clone(),
+            flow: flow.clone(),
             settings: settings.clone(),
+            links: settings.preference_links(),
+            cursors: Signer::new(format!("inbox-cursor\0{}", settings.jwt_secret.expose()).as_bytes()),
+            shutdown,
         })
     }
 }
@@ -60,10 +79,8 @@ pub fn router(app: Arc<HttpState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/action-center/entries", get(list))
-        .route("/api/v1/action-center/unread-count", get(unread))
-        .route("/api/v1/action-center/entries/read", post(read_all))
-        .route("/api/v1/action-center/entries/{id}/read", post(read_one))
+        .merge(inbox::routes())
+        .merge(preferences::routes())
         .route("/api/v1/log", get(notification_log))
         .with_state(app)
 }
@@ -123,11 +140,18 @@ impl FromRequestParts<Arc<HttpState>> for User {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<HttpState>) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or_else(|| unauthorized("a bearer token is required"))?;
+        User::from_token(app, token)
+    }
+}
+
+impl User {
+    /// The user a JWT names, if it is valid.
+    fn from_token(app: &HttpState, token: &str) -> Result<Self, Response> {
         let secret = &app.settings.jwt_secret;
         if secret.is_empty() {
-            return Err(unauthorized("the Action Center API is not configured"));
+            return Err(unauthorized("the user API is not configured"));
         }
-        let token = bearer(parts).ok_or_else(|| unauthorized("a bearer token is required"))?;
         let key = DecodingKey::from_secret(secret.expose().as_bytes());
         let data = jsonwebtoken::decode::<Claims>(token.trim(), &key, &Validation::new(Algorithm::HS256))
             .map_err(|_| unauthorized("invalid token"))?;
@@ -138,61 +162,22 @@ impl FromRequestParts<Arc<HttpState>> for User {
     }
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    #[serde(default)]
-    unread: bool,
-    #[serde(default = "default_limit")]
-    limit: u32,
+/// A 400 whose body says what was wrong with the request.
+fn bad_request(why: impl std::fmt::Display) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": why.to_string()}))).into_response()
 }
 
-fn default_limit() -> u32 {
-    50
+fn not_found(why: impl std::fmt::Display) -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({"error": why.to_string()}))).into_response()
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "Action Center API");
+    tracing::error!(error = %e, "HTTP API");
     (
         StatusCode::SERVICE_UNAVAILABLE,
         Json(json!({"error": "store unavailable"})),
     )
         .into_response()
-}
-
-async fn list(State(app): State<Arc<HttpState>>, User(user): User, Query(q): Query<ListQuery>) -> Response {
-    match app.store.entries(&user, q.unread, q.limit.clamp(1, 500)).await {
-        Ok(entries) => Json(json!({"entries": entries})).into_response(),
-        Err(e) => internal(e),
-    }
-}
-
-async fn unread(State(app): State<Arc<HttpState>>, User(user): User) -> Response {
-    match app.store.unread_count(&user).await {
-        Ok(n) => Json(json!({"unread": n})).into_response(),
-        Err(e) => internal(e),
-    }
-}
-
-async fn read_one(State(app): State<Arc<HttpState>>, User(user): User, Path(id): Path<String>) -> Response {
-    match app.store.mark_read(&user, Some(&id)).await {
-        Ok(0) => {
-            // Unknown, already read, or someone else's: indistinguishable on purpose.
-            match app.store.entries(&user, false, 500).await {
-                Ok(entries) if entries.iter().any(|e| e.id == id) => StatusCode::NO_CONTENT.into_response(),
-                Ok(_) => (StatusCode::NOT_FOUND, Json(json!({"error": "no such entry"}))).into_response(),
-                Err(e) => internal(e),
-            }
-        }
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => internal(e),
-    }
-}
-
-async fn read_all(State(app): State<Arc<HttpState>>, User(user): User) -> Response {
-    match app.store.mark_read(&user, None).await {
-        Ok(n) => Json(json!({"marked": n})).into_response(),
-        Err(e) => internal(e),
-    }
 }
 
 /// An operator: the bearer token equals `http.admin_token`.
@@ -239,7 +224,7 @@ async fn notification_log(State(app): State<Arc<HttpState>>, _: Operator, Query(
     };
     match rows {
         Ok(rows) => {
-            let serving = app.serving.current();
+            let serving = app.flow.serving.current();
             let entries: Vec<_> = rows
                 .iter()
                 .map(|r| {
