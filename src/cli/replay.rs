@@ -232,8 +232,8 @@ fn type_matches(pattern: &str, ty: &str) -> bool {
 
 /// The archived events of `window`, oldest first, and the directory as of the
 /// first of them: the store's directory entries no newer than it, then the
-/// archived directory events received before the window. `directory` (a
-/// file) replaces both.
+/// archived directory events received before the window, with recipients'
+/// preferences as they stand now. `directory` (a file) replaces all three.
 pub async fn from_store(
     store: &dyn crate::store::Store,
     window: &Window,
@@ -265,6 +265,10 @@ pub async fn from_store(
                 .filter(|e| e.event_type.as_str().starts_with("directory."))
             {
                 dir.apply(e);
+            }
+            let preferences = store.preference_changes(0).await.map_err(|e| e.to_string())?;
+            for change in &preferences.changes {
+                dir.preferences.apply(change);
             }
             dir
         }

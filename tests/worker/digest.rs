@@ -150,13 +150,7 @@ async fn twenty_five_leads_give_ten_emails_then_digests_of_exactly_the_other_fif
 async fn a_held_lead_is_left_out_of_the_digest_of_a_recipient_who_then_turned_it_off(backend: Backend) {
     let _gate = support::shared().await;
     let (broker, smtp, worker) = start("digestoptout", backend, &[]).await;
-    let dir = support::directory_events().len();
-    for n in 1..=12 {
-        let time = format!("2026-11-20T17:{:02}:00Z", n * 2);
-        broker.publish(&lead(n, &time, &format!("Company-{n:02}"))).await;
-    }
-    worker.wait_settled(dir + 12, Duration::from_secs(60)).await;
-    smtp.wait_for(30, Duration::from_secs(30)).await;
+    twelve_leads(&broker, &smtp, &worker).await;
     // Two leads are held for each recipient; then Dana turns lead emails off.
     let dana = support::jwt("fab-dana", support::JWT_SECRET, 600);
     let ask = br#"{"notifications": {"lead-generated": {"email": false}}}"#;
@@ -403,12 +397,16 @@ async fn expiring_after_accepted_is_suppressed_and_the_log_names_the_rule(backen
 }
 
 /// Twelve of Fabrikam's leads on one day: ten go out one by one to each
-/// recipient and two are held.
+/// recipient and two (Company-11 and -12) are held. Leads are counted in the
+/// order they are admitted, so the last two are published once the first ten are in.
 async fn twelve_leads(broker: &Broker, smtp: &SmtpSink, worker: &Worker) {
     let dir = support::directory_events().len();
     for n in 1..=12 {
         let time = format!("2026-11-20T17:{:02}:00Z", n * 2);
         broker.publish(&lead(n, &time, &format!("Company-{n:02}"))).await;
+        if n == 10 {
+            worker.wait_settled(dir + 10, Duration::from_secs(60)).await;
+        }
     }
     worker.wait_settled(dir + 12, Duration::from_secs(60)).await;
     smtp.wait_for(30, Duration::from_secs(30)).await;

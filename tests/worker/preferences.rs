@@ -315,11 +315,14 @@ async fn the_inbox_pages_without_gaps_or_repeats_archives_and_streams_with_count
     let (broker, _smtp, worker) = support::start("inbox", backend, &[("ROUTER__DIGEST__CHECK_EVERY", "1h")]).await;
     let addr = &worker.http;
     let dir = support::directory_events().len();
-    // 23 leads: 23 entries for Dana, more than two pages of ten.
+    // 23 leads: 23 entries for Dana, more than two pages of ten; the last stored last.
     for n in 1..=23 {
         broker
             .publish(&with_id("lead.created.contact_me.json", &format!("evt-inbox-{n}")))
             .await;
+        if n == 22 {
+            worker.wait_settled(dir + 22, Duration::from_secs(60)).await;
+        }
     }
     worker.wait_settled(dir + 23, Duration::from_secs(60)).await;
     let dana = jwt("fab-dana", JWT_SECRET, 600);
