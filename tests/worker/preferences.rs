@@ -9,7 +9,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::support::{self, Backend, JWT_SECRET, PUBLIC_URL, example, http, http_body, jwt, on_both_backends};
+use crate::support::{
+    self, Backend, Broker, JWT_SECRET, PUBLIC_URL, SmtpSink, TestStore, Worker, example, http, http_body, jwt,
+    on_both_backends,
+};
 
 on_both_backends!(
     one_click_stops_one_notification_for_one_recipient_and_tampering_changes_nothing,
@@ -150,6 +153,47 @@ async fn one_click_stops_one_notification_for_one_recipient_and_tampering_change
         "{log}"
     );
     broker.cleanup().await;
+}
+
+/// Two workers on one PostgreSQL database: a choice made through one is
+/// honoured by the other at its next event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_choice_made_through_one_worker_is_honoured_by_another() {
+    let _gate = support::shared().await;
+    let store = TestStore::new(Backend::Postgres).await;
+    let (broker_a, broker_b) = (Broker::new("prefs-a").await, Broker::new("prefs-b").await);
+    let (smtp_a, smtp_b) = (SmtpSink::start().await, SmtpSink::start().await);
+    let a = Worker::start(&broker_a, &smtp_a, &store, &[]).await;
+    let b = Worker::start(&broker_b, &smtp_b, &store, &[]).await;
+    let dir = support::directory_events();
+    for line in &dir {
+        broker_a.publish(line).await;
+    }
+    a.wait_settled(dir.len(), Duration::from_secs(30)).await;
+    let ben = jwt("fab-ben", JWT_SECRET, 600);
+    let ask = json!({"notifications": {"dealreg-review-selected": {"email": false}}});
+    let (status, body) = json_of(&a.http, "PUT", "/api/v1/preferences", &ben, Some(&ask)).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, through_b) = json_of(&b.http, "GET", "/api/v1/preferences", &ben, None).await;
+    assert_eq!(
+        choice(&through_b, "dealreg-review-selected")["email"],
+        false,
+        "{through_b}"
+    );
+    broker_b
+        .publish(&with_id("dealreg.review_selected.json", "evt-sel-b"))
+        .await;
+    b.wait_settled(1, Duration::from_secs(20)).await;
+    smtp_b.wait_for(1, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let to: Vec<String> = smtp_b.messages().iter().map(|m| m.rcpt.join(",")).collect();
+    assert_eq!(
+        to,
+        ["amy@fabrikam.example"],
+        "Ben turned it off through the other worker"
+    );
+    broker_a.cleanup().await;
+    broker_b.cleanup().await;
 }
 
 /// One notification of a preferences overview.
