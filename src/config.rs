@@ -267,13 +267,15 @@ impl Settings {
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
+        let (environment, mut errors) = environment(std::env::vars());
         builder = builder.add_source(
             config::Environment::with_prefix("ROUTER")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(environment)),
         );
         let built = builder.build()?;
-        let mut errors = unknown_keys(&built, file);
+        errors.extend(unknown_keys(&built, file));
         let settings = match built.clone().try_deserialize::<Settings>() {
             Ok(settings) => Some(settings),
             Err(_) => {
@@ -288,7 +290,12 @@ impl Settings {
         }
         match settings {
             Some(settings) if errors.is_empty() => Ok(settings),
-            _ => Err(ConfigError::Invalid(errors.into_iter().map(|e| from_env(&e)).collect())),
+            _ => Err(ConfigError::Invalid(
+                errors
+                    .into_iter()
+                    .map(|e| if e.contains(" (from ") { e } else { from_env(&e) })
+                    .collect(),
+            )),
         }
     }
 
@@ -525,9 +532,46 @@ fn section_errors(built: &config::Config) -> Vec<String> {
 /// The `ROUTER__…` variable that sets `key` (`amqp.prefetch`), if one does.
 fn env_var_for(key: &str) -> Option<String> {
     let wanted = format!("ROUTER__{}", key.replace('.', "__"));
+    let from_file = format!("{wanted}{FILE_SUFFIX}");
     std::env::vars()
         .map(|(k, _)| k)
-        .find(|k| k.eq_ignore_ascii_case(&wanted))
+        .find(|k| k.eq_ignore_ascii_case(&wanted) || k.eq_ignore_ascii_case(&from_file))
+}
+
+/// `ROUTER__SMTP__PASSWORD__FILE=/run/secrets/smtp` sets `smtp.password` to that file's content.
+const FILE_SUFFIX: &str = "__FILE";
+
+/// The `ROUTER__…` variables as the settings read them: each `…__FILE=PATH`
+/// replaced by the variable it names, set to the file's content (without its
+/// trailing newline), as Kubernetes and Docker mount secrets. A file that
+/// cannot be read, or a setting given both ways, is an error naming the key;
+/// the content is never part of a message.
+fn environment(vars: impl Iterator<Item = (String, String)>) -> (config::Map<String, String>, Vec<String>) {
+    let mut out = config::Map::new();
+    let mut errors = Vec::new();
+    let vars: Vec<(String, String)> = vars.filter(|(k, _)| k.starts_with("ROUTER__")).collect();
+    for (name, value) in &vars {
+        let Some(base) = name.strip_suffix(FILE_SUFFIX).filter(|b| b.len() > "ROUTER__".len()) else {
+            out.insert(name.clone(), value.clone());
+            continue;
+        };
+        let key = base["ROUTER__".len()..].to_lowercase().replace("__", ".");
+        if vars.iter().any(|(other, _)| other == base) {
+            errors.push(format!(
+                "{key} (from {name}) is also set by {base}: give one or the other"
+            ));
+            continue;
+        }
+        match std::fs::read_to_string(value) {
+            Ok(content) => {
+                let content = content.strip_suffix('\n').unwrap_or(&content);
+                let content = content.strip_suffix('\r').unwrap_or(content);
+                out.insert(base.to_owned(), content.to_owned());
+            }
+            Err(e) => errors.push(format!("{key} (from {name}): cannot read `{value}`: {e}")),
+        }
+    }
+    (out, errors)
 }
 
 /// Names the variable a message's key came from: `amqp.prefetch (from ROUTER__AMQP__PREFETCH) …`.

@@ -352,3 +352,54 @@ fn every_configuration_problem_is_reported_at_once_naming_its_variable() {
         "{err}"
     );
 }
+
+#[test]
+fn a_secret_can_come_from_a_file_and_a_missing_file_names_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("smtp-password");
+    // As a Kubernetes Secret is mounted: the value, then a newline.
+    std::fs::write(&secret, "hunter2-from-a-file\n").unwrap();
+    let run = |vars: &[(&str, String)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_referral-router"));
+        cmd.args(["log", "--event", "evt-1"])
+            .env(
+                "ROUTER__STORE__URL",
+                format!("sqlite://{}/router.db", dir.path().display()),
+            )
+            .env("ROUTER__SMTP__HOST", "mail.example");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // Read from the file it is a valid password: only the username is missing.
+    let (ok, err) = run(&[("ROUTER__SMTP__PASSWORD__FILE", secret.display().to_string())]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("smtp.username and smtp.password are set together"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "a secret never appears in a message: {err}");
+    let (ok, err) = run(&[
+        ("ROUTER__SMTP__PASSWORD__FILE", secret.display().to_string()),
+        ("ROUTER__SMTP__USERNAME", "router".into()),
+    ]);
+    assert!(ok, "{err}");
+    let missing = dir.path().join("not-there");
+    let (ok, err) = run(&[("ROUTER__SMTP__PASSWORD__FILE", missing.display().to_string())]);
+    assert!(!ok);
+    assert!(
+        err.contains("smtp.password (from ROUTER__SMTP__PASSWORD__FILE): cannot read"),
+        "{err}"
+    );
+    let (ok, err) = run(&[
+        ("ROUTER__SMTP__PASSWORD__FILE", secret.display().to_string()),
+        ("ROUTER__SMTP__PASSWORD", "inline".into()),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("smtp.password (from ROUTER__SMTP__PASSWORD__FILE) is also set by ROUTER__SMTP__PASSWORD"),
+        "{err}"
+    );
+}
