@@ -12,9 +12,59 @@ use crate::config::Amqp;
 use crate::event::EventType;
 
 /// Connects, naming the connection so operators can find it in the management UI.
-pub async fn connect(amqp: &Amqp) -> lapin::Result<Connection> {
+/// Over `amqps://` the broker's certificate is checked against the system's
+/// trust store and `amqp.tls_ca_file`, and `amqp.tls_cert_file` is presented
+/// when set.
+pub async fn connect(amqp: &Amqp) -> Result<Connection, ConnectError> {
     let props = ConnectionProperties::default().with_connection_name(format!("referral-router {}", amqp.queue).into());
-    Connection::connect(amqp.url.expose(), props).await
+    let url = amqp.url.expose();
+    if !url.starts_with("amqps://") {
+        return Ok(Connection::connect(url, props).await?);
+    }
+    let tls = tls_config(amqp)?;
+    let runtime = lapin::runtime::default_runtime()?;
+    Connection::connect_with_config(url, props, tls, runtime)
+        .await
+        .map_err(|e| {
+            ConnectError::Tls(format!(
+                "broker {} over TLS (trusted: {}): {e}",
+                amqp.redacted_url(),
+                crate::config::trust("amqp.tls_ca_file", &amqp.tls_ca_file)
+            ))
+        })
+}
+
+/// Why the broker could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    /// Over `amqps://`: the handshake, or the broker behind it; the text names the server and the trust.
+    #[error("{0}")]
+    Tls(String),
+    #[error("{0}")]
+    Files(String),
+}
+
+fn tls_config(amqp: &Amqp) -> Result<lapin::tcp::OwnedTLSConfig, ConnectError> {
+    let read = |key: &str, path: &str| {
+        std::fs::read(path).map_err(|e| ConnectError::Files(format!("{key}: cannot read `{path}`: {e}")))
+    };
+    let cert_chain = match amqp.tls_ca_file.as_str() {
+        "" => None,
+        path => Some(
+            String::from_utf8(read("amqp.tls_ca_file", path)?)
+                .map_err(|_| ConnectError::Files(format!("amqp.tls_ca_file: `{path}` is not PEM text")))?,
+        ),
+    };
+    let identity = match (amqp.tls_cert_file.as_str(), amqp.tls_key_file.as_str()) {
+        ("", _) | (_, "") => None,
+        (cert, key) => Some(lapin::tcp::OwnedIdentity::PKCS8 {
+            pem: read("amqp.tls_cert_file", cert)?,
+            key: read("amqp.tls_key_file", key)?,
+        }),
+    };
+    Ok(lapin::tcp::OwnedTLSConfig { identity, cert_chain })
 }
 
 fn durable_exchange() -> ExchangeDeclareOptions {

@@ -63,6 +63,12 @@ pub struct Amqp {
     pub reconnect_min: Duration,
     #[serde(with = "duration")]
     pub reconnect_max: Duration,
+    /// `amqps://` only: a PEM bundle trusted besides the system's store.
+    pub tls_ca_file: String,
+    /// `amqps://` only: the client certificate (PEM) and its key (PEM,
+    /// PKCS#8) for brokers that require one (mutual TLS, `EXTERNAL`).
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
 }
 
 impl Amqp {
@@ -109,6 +115,8 @@ pub struct Smtp {
     #[serde(with = "duration")]
     pub pool_idle_timeout: Duration,
     pub outbox_dir: PathBuf,
+    /// A PEM bundle trusted besides the system's store, for `starttls` and `tls`.
+    pub tls_ca_file: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -346,6 +354,20 @@ impl Amqp {
                 redact_url(url)
             ));
         }
+        let files = [
+            ("amqp.tls_ca_file", &self.tls_ca_file),
+            ("amqp.tls_cert_file", &self.tls_cert_file),
+            ("amqp.tls_key_file", &self.tls_key_file),
+        ];
+        for (key, path) in files {
+            check_readable(key, path, errors);
+            if !path.is_empty() && !url.starts_with("amqps://") {
+                errors.push(format!("{key} is set, but amqp.url is not amqps://"));
+            }
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            errors.push("amqp.tls_cert_file and amqp.tls_key_file are set together or not at all".into());
+        }
         for (key, value) in [
             ("amqp.exchange", &self.exchange),
             ("amqp.queue", &self.queue),
@@ -377,8 +399,30 @@ impl Amqp {
     }
 }
 
+/// What a TLS client checks a server's certificate against, as messages say it.
+pub fn trust(key: &str, ca_file: &str) -> String {
+    if ca_file.is_empty() {
+        "the system's trust store".into()
+    } else {
+        format!("the system's trust store and {key} `{ca_file}`")
+    }
+}
+
+/// A file a setting names must be readable now, not at the first connection.
+fn check_readable(key: &str, path: &str, errors: &mut Vec<String>) {
+    if !path.is_empty()
+        && let Err(e) = std::fs::File::open(path)
+    {
+        errors.push(format!("{key}: cannot read `{path}`: {e}"));
+    }
+}
+
 impl Smtp {
     fn check(&self, errors: &mut Vec<String>) {
+        check_readable("smtp.tls_ca_file", &self.tls_ca_file, errors);
+        if !self.tls_ca_file.is_empty() && (self.host.is_empty() || self.tls == SmtpTls::None) {
+            errors.push("smtp.tls_ca_file is set, but smtp.tls is `none` (or there is no smtp.host)".into());
+        }
         if self.host.is_empty() {
             if self.outbox_dir.as_os_str().is_empty() {
                 errors.push("smtp.outbox_dir must be set when smtp.host is empty".into());

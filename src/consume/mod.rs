@@ -117,7 +117,11 @@ impl Consumer {
         }
     }
 
-    async fn session(self: &Arc<Self>, tracker: &TaskTracker, permits: &Arc<Semaphore>) -> lapin::Result<SessionEnd> {
+    async fn session(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        permits: &Arc<Semaphore>,
+    ) -> Result<SessionEnd, broker::ConnectError> {
         let amqp = &self.amqp;
         let conn = broker::connect(amqp).await?;
         let channel = conn.create_channel().await?;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use lettre::Message;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -244,6 +244,21 @@ fn file_name(message: &Message) -> String {
     format!("{safe}.eml")
 }
 
+/// TLS for `smtp.host`: the system's trust store, plus `smtp.tls_ca_file` when set.
+fn tls_parameters(smtp: &Smtp) -> Result<TlsParameters, String> {
+    let mut builder = TlsParameters::builder(smtp.host.clone());
+    if !smtp.tls_ca_file.is_empty() {
+        let pem = std::fs::read(&smtp.tls_ca_file)
+            .map_err(|e| format!("smtp.tls_ca_file: cannot read `{}`: {e}", smtp.tls_ca_file))?;
+        let certificate = Certificate::from_pem(&pem)
+            .map_err(|e| format!("smtp.tls_ca_file: `{}` is not a PEM certificate: {e}", smtp.tls_ca_file))?;
+        builder = builder.add_root_certificate(certificate);
+    }
+    builder
+        .build_rustls()
+        .map_err(|e| format!("smtp.host {}: TLS: {e}", smtp.host))
+}
+
 /// SMTP connections: at most `smtp.pool_max_size` open; an idle one older than
 /// `smtp.pool_idle_timeout` (at most 50 s) is closed when the next send looks
 /// for a connection. Plain and STARTTLS connections are opened with
@@ -254,6 +269,8 @@ struct Pool {
     port: u16,
     tls: SmtpTls,
     parameters: Option<TlsParameters>,
+    /// What the server's certificate is checked against, for error messages.
+    trust: String,
     credentials: Option<Credentials>,
     hello: ClientId,
     timeout: Duration,
@@ -266,15 +283,14 @@ impl Pool {
     fn new(smtp: &Smtp) -> Result<Self, String> {
         let parameters = match smtp.tls {
             SmtpTls::None => None,
-            SmtpTls::Tls | SmtpTls::Starttls => {
-                Some(TlsParameters::new(smtp.host.clone()).map_err(|e| format!("smtp.host {}: TLS: {e}", smtp.host))?)
-            }
+            SmtpTls::Tls | SmtpTls::Starttls => Some(tls_parameters(smtp)?),
         };
         Ok(Self {
             host: smtp.host.clone(),
             port: smtp.port,
             tls: smtp.tls,
             parameters,
+            trust: crate::config::trust("smtp.tls_ca_file", &smtp.tls_ca_file),
             credentials: (!smtp.username.is_empty())
                 .then(|| Credentials::new(smtp.username.clone(), smtp.password.expose().to_string())),
             hello: ClientId::default(),
@@ -359,16 +375,16 @@ impl Pool {
 
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
         let mut connection = match (&self.tls, &self.parameters) {
-            (SmtpTls::Tls, parameters) => {
-                self.timed(AsyncSmtpConnection::connect_tokio1(
+            (SmtpTls::Tls, parameters) => self
+                .timed(AsyncSmtpConnection::connect_tokio1(
                     (self.host.as_str(), self.port),
                     Some(self.timeout),
                     &self.hello,
                     parameters.clone(),
                     None,
                 ))
-                .await?
-            }
+                .await
+                .map_err(|e| self.tls_failure(e))?,
             (_, parameters) => {
                 let stream = tokio::time::timeout(
                     self.timeout,
@@ -387,7 +403,9 @@ impl Pool {
                     ))
                     .await?;
                 if let Some(parameters) = parameters {
-                    self.timed(connection.starttls(parameters.clone(), &self.hello)).await?;
+                    self.timed(connection.starttls(parameters.clone(), &self.hello))
+                        .await
+                        .map_err(|e| self.tls_failure(e))?;
                 }
                 connection
             }
@@ -396,6 +414,17 @@ impl Pool {
             self.timed(connection.auth(DEFAULT_MECHANISMS, credentials)).await?;
         }
         Ok(connection)
+    }
+
+    /// A failed TLS handshake, saying which server, which name its
+    /// certificate must carry and what it was checked against. Transient: the
+    /// messages wait (and are retried) until the relay or the trust is fixed.
+    fn tls_failure(&self, e: SendError) -> SendError {
+        let (SendError::Transient(why) | SendError::Permanent(why)) = e;
+        SendError::Transient(format!(
+            "TLS with the SMTP server {}:{} failed (its certificate must name `{}`; trusted: {}): {why}",
+            self.host, self.port, self.host, self.trust
+        ))
     }
 
     fn take_idle(&self) -> Option<AsyncSmtpConnection> {

@@ -46,6 +46,9 @@ pub enum StoreError {
     Unreadable(String),
     #[error("store: {0}")]
     Unsupported(String),
+    /// The TLS handshake with the database failed: the text names the server and the trust.
+    #[error("store: {0}")]
+    Tls(String),
 }
 
 impl StoreError {

@@ -15,3 +15,4 @@ mod robustness;
 mod scale;
 mod store;
 mod support;
+mod tls;

@@ -117,7 +117,8 @@ impl PgStore {
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .connect(settings.url.expose())
-            .await?;
+            .await
+            .map_err(|e| connect_error(settings.url.expose(), e))?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let options = PgConnectOptions::from_str(settings.url.expose())?.options([("synchronous_commit", "off")]);
         let marks = PgPoolOptions::new()
@@ -133,6 +134,36 @@ impl PgStore {
             archive,
         })
     }
+}
+
+/// A failed first connection; a TLS one says which server, which name its
+/// certificate must carry (for `verify-full`) and what it was checked against.
+fn connect_error(url: &str, e: sqlx::Error) -> StoreError {
+    // A certificate that does not verify ends the handshake with an I/O error of kind InvalidData.
+    let tls: &dyn std::fmt::Display = match &e {
+        sqlx::Error::Tls(tls) => tls,
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => io,
+        _ => return e.into(),
+    };
+    let options = PgConnectOptions::from_str(url).ok();
+    let (host, port) = options
+        .as_ref()
+        .map_or(("?".to_string(), 0), |o| (o.get_host().to_string(), o.get_port()));
+    let param = |name: &str| {
+        url.split_once('?')
+            .and_then(|(_, query)| query.split('&').find_map(|kv| kv.strip_prefix(&format!("{name}="))))
+            .map(str::to_owned)
+    };
+    let mode = param("sslmode").unwrap_or_else(|| "prefer".into());
+    let trust = crate::config::trust("sslrootcert", &param("sslrootcert").unwrap_or_default());
+    let name = if mode == "verify-full" {
+        format!(", its certificate must name `{host}`")
+    } else {
+        String::new()
+    };
+    StoreError::Tls(format!(
+        "PostgreSQL {host}:{port} over TLS (sslmode={mode}{name}; trusted: {trust}): {tls}"
+    ))
 }
 
 #[async_trait]

@@ -18,6 +18,7 @@ pub struct Broker {
     pub queue: String,
     pub dlx: String,
     pub action_center: String,
+    url: String,
     conn: Connection,
     channel: Channel,
 }
@@ -31,11 +32,16 @@ pub struct Dead {
 
 impl Broker {
     pub async fn new(name: &str) -> Self {
-        let conn = Connection::connect(URL, ConnectionProperties::default())
+        Self::new_at(name, URL).await
+    }
+
+    /// The same on the broker at `url`.
+    pub async fn new_at(name: &str, url: &str) -> Self {
+        let conn = Connection::connect(url, ConnectionProperties::default())
             .await
             .unwrap_or_else(|e| {
                 panic!(
-                    "RabbitMQ is not reachable at {URL} ({e}). These tests need a local broker: \
+                    "RabbitMQ is not reachable at {url} ({e}). These tests need a local broker: \
                      start it with `rabbitmq-server -detached` (user guest/guest)."
                 )
             });
@@ -47,6 +53,7 @@ impl Broker {
             queue: format!("{base}.queue"),
             dlx: format!("{base}.dlx"),
             action_center: format!("{base}.ac"),
+            url: url.to_string(),
             conn,
             channel,
         }
@@ -54,7 +61,9 @@ impl Broker {
 
     /// A new connection (after the broker closed the old one).
     pub async fn reconnect(&mut self) {
-        self.conn = Connection::connect(URL, ConnectionProperties::default()).await.unwrap();
+        self.conn = Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .unwrap();
         self.channel = self.conn.create_channel().await.unwrap();
         self.channel
             .confirm_select(ConfirmSelectOptions::default())

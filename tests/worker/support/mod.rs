@@ -6,6 +6,7 @@ pub mod broker;
 pub mod fs;
 pub mod smtp;
 pub mod store;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

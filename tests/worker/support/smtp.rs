@@ -7,8 +7,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+
+/// How the sink secures its sessions.
+#[derive(Clone)]
+pub enum SinkTls {
+    None,
+    /// Offers STARTTLS after EHLO, with this certificate.
+    StartTls(Arc<tokio_rustls::rustls::ServerConfig>),
+    /// TLS from the first byte (port 465 style).
+    Implicit(Arc<tokio_rustls::rustls::ServerConfig>),
+}
 
 #[derive(Clone, Debug)]
 pub struct Received {
@@ -35,13 +45,22 @@ pub struct SmtpSink {
     stalled: Arc<std::sync::atomic::AtomicUsize>,
     /// Addresses refused for good at `RCPT TO` (550), lower-cased.
     refused: Arc<Mutex<Vec<String>>>,
+    tls: SinkTls,
+    /// TLS handshakes that failed (the client refused the certificate, say).
+    pub handshake_failures: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SmtpSink {
     pub async fn start() -> Self {
+        Self::start_tls(SinkTls::None).await
+    }
+
+    pub async fn start_tls(tls: SinkTls) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the SMTP sink");
         let port = listener.local_addr().unwrap().port();
         let sink = Self {
+            tls,
+            handshake_failures: Arc::default(),
             port,
             messages: Arc::default(),
             down: Arc::default(),
@@ -100,27 +119,76 @@ impl SmtpSink {
     }
 
     async fn session(self, stream: TcpStream) {
-        let (read, mut write) = stream.into_split();
+        match self.tls.clone() {
+            SinkTls::None => {
+                self.converse(stream, false, true).await;
+            }
+            SinkTls::Implicit(config) => {
+                if let Some(tls) = self.handshake(&config, stream).await {
+                    self.converse(tls, false, true).await;
+                }
+            }
+            SinkTls::StartTls(config) => {
+                if let Some(plain) = self.converse(stream, true, true).await
+                    && let Some(tls) = self.handshake(&config, plain).await
+                {
+                    self.converse(tls, false, false).await;
+                }
+            }
+        }
+    }
+
+    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        config: &Arc<tokio_rustls::rustls::ServerConfig>,
+        stream: S,
+    ) -> Option<tokio_rustls::server::TlsStream<S>> {
+        match tokio_rustls::TlsAcceptor::from(config.clone()).accept(stream).await {
+            Ok(tls) => Some(tls),
+            Err(_) => {
+                self.handshake_failures.fetch_add(1, Ordering::SeqCst);
+                None
+            }
+        }
+    }
+
+    /// One SMTP conversation on `stream`; with `offer_starttls`, returns the
+    /// stream when the client asks to start TLS. `greet`: send the 220 banner
+    /// (not again after STARTTLS).
+    async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+        offer_starttls: bool,
+        greet: bool,
+    ) -> Option<S> {
+        let (read, mut write) = tokio::io::split(stream);
         let mut lines = BufReader::new(read);
         let down = || self.down.load(Ordering::SeqCst);
         if down() {
             let _ = write.write_all(b"421 4.3.2 sink is down\r\n").await;
-            return;
+            return None;
         }
-        let _ = write.write_all(b"220 sink.test ESMTP\r\n").await;
+        if greet {
+            let _ = write.write_all(b"220 sink.test ESMTP\r\n").await;
+        }
         let mut rcpt = Vec::new();
         let mut line = String::new();
         loop {
             line.clear();
             if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
-                return;
+                return None;
             }
             if down() {
                 let _ = write.write_all(b"421 4.3.2 sink is down\r\n").await;
-                return;
+                return None;
             }
             let upper = line.trim_end().to_ascii_uppercase();
-            let reply: &[u8] = if upper.starts_with("EHLO") {
+            let reply: &[u8] = if upper.starts_with("EHLO") && offer_starttls {
+                b"250-sink.test\r\n250-STARTTLS\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
+            } else if upper == "STARTTLS" && offer_starttls {
+                let _ = write.write_all(b"220 2.0.0 ready to start TLS\r\n").await;
+                return Some(lines.into_inner().unsplit(write));
+            } else if upper.starts_with("EHLO") {
                 b"250-sink.test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
             } else if upper.starts_with("MAIL FROM") && self.stall.load(Ordering::SeqCst) {
                 self.stalled.fetch_add(1, Ordering::SeqCst);
@@ -148,7 +216,7 @@ impl SmtpSink {
                 loop {
                     line.clear();
                     if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
+                        return None;
                     }
                     if line == ".\r\n" || line == ".\n" {
                         break;
@@ -160,7 +228,7 @@ impl SmtpSink {
                 tokio::time::sleep(delay).await;
                 if down() {
                     let _ = write.write_all(b"421 4.3.2 sink is down\r\n").await;
-                    return;
+                    return None;
                 }
                 self.messages.lock().unwrap().push(Received {
                     rcpt: std::mem::take(&mut rcpt),
@@ -169,12 +237,12 @@ impl SmtpSink {
                 b"250 2.0.0 queued\r\n"
             } else if upper == "QUIT" {
                 let _ = write.write_all(b"221 2.0.0 bye\r\n").await;
-                return;
+                return None;
             } else {
                 b"502 5.5.2 not implemented\r\n"
             };
             if write.write_all(reply).await.is_err() {
-                return;
+                return None;
             }
         }
     }
