@@ -25,7 +25,7 @@ for v in patch:
 deployment["spec"]["template"]["spec"]["volumes"] = list(volumes.values())
 json.dump(deployment, open(sys.argv[3], "w"))
 PY
-for f in "$merged" "$here"/k8s/{service,pdb,secret.example,configmaps}.yaml; do
+for f in "$merged" "$here"/k8s/{service,pdb,secret.example,tls-secret.example,configmaps}.yaml; do
   kubernetes-validate --strict --kubernetes-version 1.30.0 "$f"
 done
 python3 - "$here/k8s/scaledobject.yaml" "$here/Dockerfile" <<'PY'
