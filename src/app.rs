@@ -12,10 +12,9 @@ use crate::broker::Publisher;
 use crate::config::Settings;
 use crate::consume::Consumer;
 use crate::dispatch::Dispatcher;
-use crate::dispatch::email::{Letterhead, Mailer, Unsubscribe};
+use crate::dispatch::email::{Letterhead, Mailer};
 use crate::flow::{DirectoryCache, Flow};
 use crate::http::HttpState;
-use crate::render::Sender;
 use crate::serving::{Addresses, Serving};
 use crate::store;
 use crate::telemetry::Metrics;
@@ -46,11 +45,7 @@ impl App {
     /// Loads and checks rules and templates, opens the store, builds the
     /// mailer. Nothing connects to the broker yet.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
-        let links = settings.http.preference_links();
-        let addresses = Addresses {
-            portal_base_url: settings.mail.portal_url.clone(),
-            preferences: links.clone(),
-        };
+        let addresses = Addresses::from_settings(&settings);
         let serving = Arc::new(Serving::load(&settings.rules.dir, &settings.templates.dir, addresses)?);
         let current = serving.current();
         info!(examples = current.examples, "templates checked");
@@ -61,13 +56,7 @@ impl App {
         let dispatcher = Dispatcher {
             store: store.clone(),
             mailer: Mailer::from_settings(&settings.smtp).map_err(StartError::Settings)?,
-            letterhead: Letterhead {
-                sender: Sender::from_settings(&settings.mail).map_err(StartError::Settings)?,
-                unsubscribe: match links {
-                    Some(links) => Unsubscribe::OneClick(links),
-                    None => Unsubscribe::Page(settings.mail.unsubscribe_url.clone()),
-                },
-            },
+            letterhead: Letterhead::from_settings(&settings).map_err(StartError::Settings)?,
             publisher: Publisher::default(),
             action_center_exchange: settings.amqp.action_center_exchange.clone(),
             metrics: metrics.clone(),

@@ -39,6 +39,7 @@ pub mod event;
 pub mod flow;
 pub mod http;
 pub mod preferences;
+pub mod preview;
 pub mod render;
 pub mod replay;
 pub mod route;

@@ -137,6 +137,15 @@ enum Command {
         #[command(subcommand)]
         command: TemplatesCommand,
     },
+    /// The authors' web console: previews of any notification for any example
+    /// or recorded event, as the worker configured by `--config` sends it.
+    Console {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where to serve it (keep it on loopback: it is a tool for authors).
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        addr: String,
+    },
     /// Render one notification for one event: writes the .html, .txt and .eml.
     Preview {
         /// The notification (template) id, e.g. `cosell-incoming-opportunity`.
@@ -147,6 +156,12 @@ enum Command {
         /// Render in this locale instead of the recipient's.
         #[arg(long)]
         locale: Option<String>,
+        /// To this recipient (one the rules pick, or any address); default: the first the rules pick.
+        #[arg(long)]
+        recipient: Option<String>,
+        /// The worker's configuration (sender, links, unsubscribe headers), as `run` reads it.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Where to write the files.
         #[arg(long, default_value = "out/preview")]
         out: PathBuf,
@@ -264,6 +279,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Console { config, addr } => {
+            let settings = Settings::load(config.as_deref())?;
+            match runtime()?.block_on(cli::console::serve(&settings, &addr)) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Templates {
             command: TemplatesCommand::Check { dir, rules },
         } => report(templates::check(&dir, &rules)),
@@ -271,19 +296,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             notification,
             event,
             locale,
+            recipient,
+            config,
             out,
             directory,
             templates: templates_dir,
             rules,
-        } => report(templates::preview(&templates::PreviewRequest {
-            notification: &notification,
-            event: &event,
-            locale: locale.as_deref(),
-            out: &out,
-            directory: directory.as_deref(),
-            templates: &templates_dir,
-            rules: &rules,
-        })),
+        } => {
+            let settings = Settings::load(config.as_deref())?;
+            report(templates::preview(&templates::PreviewRequest {
+                notification: &notification,
+                event: &event,
+                recipient: recipient.as_deref(),
+                locale: locale.as_deref(),
+                out: &out,
+                directory: directory.as_deref(),
+                templates: &templates_dir,
+                rules: &rules,
+                settings: &settings,
+            }))
+        }
         Command::Explain { .. } => explain(cli.command),
         Command::Replay { .. } => Ok(replay(cli.command)),
     }

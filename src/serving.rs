@@ -38,6 +38,14 @@ pub struct Addresses {
 }
 
 impl Addresses {
+    /// As the worker links: `mail.portal_url`, and the preferences links when served.
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        Self {
+            portal_base_url: settings.mail.portal_url.clone(),
+            preferences: settings.http.preference_links(),
+        }
+    }
+
     /// The portal only: preferences links point at its notification settings.
     pub fn portal(portal_base_url: &str) -> Self {
         Self {

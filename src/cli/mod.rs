@@ -2,6 +2,7 @@
 //! `explain`, `templates check`, `preview`. Each returns its report as text so
 //! tests can read exactly what a person sees.
 
+pub mod console;
 pub mod dlq;
 pub mod explain;
 pub mod fixtures;

@@ -1,15 +1,14 @@
 //! The template author's tools: `templates check` (load, check and render
 //! every template against every example event in every locale) and `preview`
-//! (one notification for one event, written as `.html`, `.txt` and `.eml`).
+//! (one notification for one event as the configured worker sends it,
+//! written as `.html`, `.txt` and `.eml`).
 
 use std::path::{Path, PathBuf};
-
-use lettre::message::Mailbox;
 
 use super::{read_directory, read_event};
 use crate::directory::Directory;
 use crate::event::{EmailAddress, Event};
-use crate::render::{self, Rendered, Sender, Templates};
+use crate::render::Templates;
 use crate::route::rules::Channel;
 use crate::route::{Delivery, MemoryState, Recipient, RuleSet, route};
 
@@ -55,89 +54,76 @@ pub fn check(templates_dir: &Path, rules_dir: &Path) -> Result<String, String> {
 pub struct PreviewRequest<'a> {
     pub notification: &'a str,
     pub event: &'a Path,
+    pub recipient: Option<&'a str>,
     pub locale: Option<&'a str>,
     pub out: &'a Path,
     pub directory: Option<&'a Path>,
     pub templates: &'a Path,
     pub rules: &'a Path,
+    /// The worker's configuration: its sender, links and unsubscribe headers.
+    pub settings: &'a crate::config::Settings,
 }
 
-/// `preview`: renders one notification for one event and writes the files;
-/// returns the list of files written.
+/// `preview`: one notification for one event, as the worker configured by
+/// `settings` sends it (the same code: [`crate::preview`]); writes the
+/// `.html`, `.txt` and `.eml` (and the Action Center entry) and lists them.
 pub fn preview(req: &PreviewRequest<'_>) -> Result<String, String> {
-    let (rules, templates, _) = load(req.templates, req.rules)?;
-    if !templates.has(req.notification) {
-        return Err(format!("no template `{}`", req.notification));
-    }
+    let addresses = crate::serving::Addresses::from_settings(req.settings);
+    let set = crate::serving::ServingSet::load(req.rules, req.templates, &addresses).map_err(|e| e.to_string())?;
+    let letterhead = crate::dispatch::email::Letterhead::from_settings(req.settings)?;
     let event = read_event(req.event).map_err(|e| e.to_string())?;
     let dir = match req.directory {
         Some(path) => read_directory(path).map_err(|e| e.to_string())?,
         None => Directory::default(),
     };
     std::fs::create_dir_all(req.out).map_err(|e| format!("{}: {e}", req.out.display()))?;
-    let deliveries = deliveries(&rules, &dir, &event, req.notification, req.locale);
     let mut written = Vec::new();
-    let sender = Sender {
-        from: Mailbox::new(
-            Some("Partner Center".into()),
-            "referrals@partner.example".parse().map_err(|e| format!("{e}"))?,
-        ),
-        reply_to: None,
-    };
-    let mut session = templates.session(&event);
-    for delivery in &deliveries {
-        let rendered = if delivery.notification == delivery.template && is_digest(&rules, req.notification) {
-            let leads = [event.clone(), event.clone(), event.clone()];
-            Rendered::Email(
-                templates
-                    .render_digest(req.notification, req.notification, &delivery.recipient, &leads)
-                    .map_err(|e| e.to_string())?,
-            )
-        } else {
-            session.render(delivery).map_err(|e| e.to_string())?
-        };
-        let stem = req.out.join(format!("{}.{}", req.notification, locale_of(&rendered)));
-        match rendered {
-            Rendered::Email(email) => {
-                let id = render::message_id(
-                    &event.id,
-                    req.notification,
-                    &delivery.recipient.email,
-                    "partner.example",
-                );
-                let unsubscribe = templates
-                    .is_optional(req.notification)
-                    .then(|| render::ListUnsubscribe {
-                        url: "https://partner.example/settings/notifications".into(),
-                        one_click: false,
-                    });
-                let message = render::build_email(
-                    &email,
-                    &sender,
-                    &delivery.recipient,
-                    &id,
-                    unsubscribe.as_ref(),
-                    event.id.as_str(),
-                )
-                .map_err(|e| e.to_string())?;
-                write(&stem, "html", email.html.as_bytes(), &mut written)?;
-                write(&stem, "txt", email.text.as_bytes(), &mut written)?;
-                write(&stem, "eml", &message.formatted(), &mut written)?;
-            }
-            Rendered::ActionCenter(entry) => {
-                let text = format!("{}\n\n{}\n\n{}\n", entry.title, entry.body, entry.link);
-                write(&stem, "action-center.txt", text.as_bytes(), &mut written)?;
-            }
-        }
+    if is_digest(&set.rules, req.notification) {
+        return preview_digest(req, &set, &letterhead, &dir, &event);
     }
-    Ok(written.join("\n"))
+    let ask = crate::preview::Ask {
+        notification: req.notification,
+        event: &event,
+        recipient: req.recipient,
+        locale: req.locale,
+    };
+    let p = crate::preview::preview(&set, &letterhead, &dir, &ask)?;
+    let stem = req.out.join(format!("{}.{}", req.notification, p.locale));
+    write(&stem, "html", p.html.as_bytes(), &mut written)?;
+    write(&stem, "txt", p.text.as_bytes(), &mut written)?;
+    write(&stem, "eml", p.eml.as_bytes(), &mut written)?;
+    if let Some(entry) = &p.action_center {
+        let text = serde_json::to_string_pretty(entry).unwrap_or_default();
+        write(&stem, "action-center.json", text.as_bytes(), &mut written)?;
+    }
+    Ok(format!("to {} ({}):\n{}", p.recipient, p.decision, written.join("\n")))
 }
 
-fn locale_of(r: &Rendered) -> &str {
-    match r {
-        Rendered::Email(e) => &e.locale,
-        Rendered::ActionCenter(a) => &a.locale,
+/// A digest of three copies of the event, to the first recipient the rules find.
+fn preview_digest(
+    req: &PreviewRequest<'_>,
+    set: &crate::serving::ServingSet,
+    letterhead: &crate::dispatch::email::Letterhead,
+    dir: &Directory,
+    event: &Event,
+) -> Result<String, String> {
+    let mut written = Vec::new();
+    for delivery in deliveries(&set.rules, dir, event, req.notification, req.locale) {
+        let leads = [event.clone(), event.clone(), event.clone()];
+        let email = set
+            .templates
+            .render_digest(req.notification, req.notification, &delivery.recipient, &leads)
+            .map_err(|e| e.to_string())?;
+        let optional = set.rules.is_optional(req.notification);
+        let (message, _) = letterhead
+            .compose(&email, req.notification, optional, &delivery.recipient, "dg-preview")
+            .map_err(|e| e.to_string())?;
+        let stem = req.out.join(format!("{}.{}", req.notification, email.locale));
+        write(&stem, "html", email.html.as_bytes(), &mut written)?;
+        write(&stem, "txt", email.text.as_bytes(), &mut written)?;
+        write(&stem, "eml", &message.formatted(), &mut written)?;
     }
+    Ok(written.join("\n"))
 }
 
 fn write(stem: &Path, ext: &str, bytes: &[u8], written: &mut Vec<String>) -> Result<(), String> {

@@ -75,6 +75,18 @@ pub enum Unsubscribe {
 }
 
 impl Letterhead {
+    /// As the settings say: the sender, and signed one-click links when
+    /// `http.public_url` is set, else `mail.unsubscribe_url`.
+    pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, String> {
+        Ok(Self {
+            sender: Sender::from_settings(&settings.mail)?,
+            unsubscribe: match settings.http.preference_links() {
+                Some(links) => Unsubscribe::OneClick(links),
+                None => Unsubscribe::Page(settings.mail.unsubscribe_url.clone()),
+            },
+        })
+    }
+
     /// The MIME message for `email` to `to`, and its Message-ID, stable for
     /// (`cause`, `notification`, recipient). `optional` notifications carry
     /// `List-Unsubscribe`, and with signed links `List-Unsubscribe-Post` too.

@@ -25,6 +25,25 @@ use crate::store::{OutboxItem, Store, StoreError};
 use crate::telemetry::Metrics;
 use email::{Letterhead, Mailer};
 
+/// The MIME message an email delivery of `event` goes out as, and its
+/// Message-ID: what the worker hands the SMTP server, and what a preview shows.
+pub fn compose_email(
+    letterhead: &Letterhead,
+    rules: &RuleSet,
+    event: &Event,
+    delivery: &crate::route::Delivery,
+    email: &crate::render::RenderedEmail,
+) -> Result<(lettre::Message, String), Failure> {
+    let optional = rules.is_optional(&delivery.notification);
+    letterhead.compose(
+        email,
+        &delivery.notification,
+        optional,
+        &delivery.recipient,
+        event.id.as_str(),
+    )
+}
+
 /// The parts every send uses.
 pub struct Dispatcher {
     pub store: Arc<dyn Store>,
@@ -92,10 +111,7 @@ impl Dispatcher {
         match (d.channel, rendered) {
             (Channel::Email, Rendered::Email(email)) => {
                 let cause = send.event.id.as_str();
-                let optional = send.rules.is_optional(&d.notification);
-                let (message, id) = self
-                    .letterhead
-                    .compose(&email, &d.notification, optional, &d.recipient, cause)?;
+                let (message, id) = compose_email(&self.letterhead, send.rules, send.event, d, &email)?;
                 let still_ours = self.still_ours(item, &mut send.renewed);
                 let record = self.store.mark_sent(cause, item.log_id, Some(&id));
                 self.mailer.deliver(message, still_ours, record).await?;

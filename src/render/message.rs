@@ -6,7 +6,7 @@
 
 use lettre::Message;
 use lettre::message::header::{Header, HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
 
 use super::{RenderedEmail, one_line};
 use crate::event::{EmailAddress, EventId};
@@ -107,10 +107,21 @@ pub fn build_email(
         }
         builder = builder.header(ListUnsubscribeHeader(one_line(&unsubscribe.url)));
     }
-    Ok(builder.multipart(MultiPart::alternative_plain_html(
-        email.text.clone(),
-        email.html.clone(),
-    ))?)
+    // The boundary follows from the Message-ID, so the same message is the
+    // same bytes wherever it is built (the worker's send, a preview), but for `Date`.
+    let body = MultiPart::alternative()
+        .boundary(boundary(message_id))
+        .singlepart(SinglePart::plain(email.text.clone()))
+        .singlepart(SinglePart::html(email.html.clone()));
+    Ok(builder.multipart(body)?)
+}
+
+/// A MIME boundary that no rendered text contains in practice: a hash of the Message-ID.
+fn boundary(message_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(message_id.as_bytes());
+    let hex: String = hash.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("rr-{hex}")
 }
 
 /// `List-Unsubscribe: <URL>`.

@@ -168,7 +168,7 @@ fn partner_tz(dir: &dyn DirectoryView, partner: &PartnerId) -> Option<String> {
 }
 
 /// A person named in the event; the directory adds what it knows of them.
-fn person(value: &Value, dir: &dyn DirectoryView) -> Option<Recipient> {
+pub fn person(value: &Value, dir: &dyn DirectoryView) -> Option<Recipient> {
     let email = EmailAddress::parse(value.get("email")?.as_str()?).ok()?;
     let name = value.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
     let known = dir.user_by_email(&email);

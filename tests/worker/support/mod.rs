@@ -90,7 +90,7 @@ pub fn unique(prefix: &str) -> String {
     format!("test-{prefix}-{}-{nanos:x}-{n}", std::process::id())
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

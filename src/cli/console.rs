@@ -1,0 +1,262 @@
+//! `referral-router console`: the template and rule authors' web page, on
+//! loopback. It reads the working copy of `rules/` and `templates/` (again
+//! whenever a file changes), the example events and the test directory, and,
+//! when the configured store exists, its directory, preferences and archived
+//! events. Every preview is produced by [`crate::preview`], the worker's own
+//! send path with the worker's configuration. It never writes a file.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::config::Settings;
+use crate::decode::read_event;
+use crate::directory::Directory;
+use crate::dispatch::email::Letterhead;
+use crate::event::Event;
+use crate::preview::{Ask, preview};
+use crate::serving::{Addresses, ServingSet};
+use crate::store::Store;
+
+const PAGE: &str = include_str!("console.html");
+
+/// What the console reads.
+pub struct Console {
+    rules_dir: PathBuf,
+    templates_dir: PathBuf,
+    addresses: Addresses,
+    letterhead: Letterhead,
+    directory: Directory,
+    store: Option<Arc<dyn Store>>,
+    loaded: Mutex<Loaded>,
+}
+
+/// The files as last read: the newest good set, and the error of a newer broken one.
+#[derive(Default)]
+struct Loaded {
+    stamp: Option<SystemTime>,
+    set: Option<Arc<ServingSet>>,
+    error: Option<String>,
+    version: u64,
+}
+
+impl Console {
+    /// From the worker's settings; the store only when it already exists (a
+    /// console never creates one).
+    pub async fn new(settings: &Settings) -> Result<Self, String> {
+        let url = settings.store.url.expose();
+        let exists = match url.strip_prefix("sqlite://") {
+            Some(path) => Path::new(path.split('?').next().unwrap_or(path)).exists(),
+            None => true,
+        };
+        let store = if exists {
+            Some(
+                crate::store::connect(&settings.store, &settings.archive)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
+        let directory = match &store {
+            Some(store) => crate::flow::DirectoryCache::load(&**store)
+                .await
+                .map_err(|e| e.to_string())?
+                .snapshot(),
+            None => {
+                let file = settings.rules.dir.join("tests/directory.jsonl");
+                if file.exists() {
+                    crate::decode::read_directory(&file).map_err(|e| e.to_string())?
+                } else {
+                    Directory::default()
+                }
+            }
+        };
+        Ok(Self {
+            rules_dir: settings.rules.dir.clone(),
+            templates_dir: settings.templates.dir.clone(),
+            addresses: Addresses::from_settings(settings),
+            letterhead: Letterhead::from_settings(settings)?,
+            directory,
+            store,
+            loaded: Mutex::default(),
+        })
+    }
+
+    /// The set to preview with, read again when a file changed; the newest error, if any.
+    fn current(&self) -> (Option<Arc<ServingSet>>, Option<String>, u64) {
+        let stamp = newest([&self.rules_dir, &self.templates_dir]);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if loaded.stamp != stamp || loaded.set.is_none() && loaded.error.is_none() {
+            loaded.stamp = stamp;
+            loaded.version += 1;
+            match ServingSet::load(&self.rules_dir, &self.templates_dir, &self.addresses) {
+                Ok(set) => {
+                    loaded.set = Some(Arc::new(set));
+                    loaded.error = None;
+                }
+                Err(e) => loaded.error = Some(e.to_string()),
+            }
+        }
+        (loaded.set.clone(), loaded.error.clone(), loaded.version)
+    }
+
+    fn examples(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.rules_dir.join("tests/events"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_owned))
+                    .filter(|n| !n.starts_with("directory."))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// An example by name (its file without `.json`), else a recorded event by id.
+    async fn event(&self, name: &str) -> Result<Event, Response> {
+        let safe = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        let file = self.rules_dir.join("tests/events").join(format!("{name}.json"));
+        if safe && file.exists() {
+            return read_event(&file).map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
+        }
+        if let Some(store) = &self.store {
+            let all = store
+                .archived(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH, chrono::Utc::now())
+                .await
+                .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+            if let Some(event) = all.into_iter().find(|e| e.id.as_str() == name) {
+                return Ok(event);
+            }
+        }
+        Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no example event `{name}` (rules/tests/events/{name}.json) and no recorded event with that id"),
+        ))
+    }
+}
+
+/// The newest modification time of any file under `dirs`.
+fn newest<'a>(dirs: impl IntoIterator<Item = &'a PathBuf>) -> Option<SystemTime> {
+    fn walk(dir: &Path, newest: &mut Option<SystemTime>, depth: u32) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() && depth < 8 {
+                walk(&entry.path(), newest, depth + 1);
+            } else if let Ok(m) = meta.modified() {
+                *newest = (*newest).max(Some(m));
+            }
+        }
+    }
+    let mut out = None;
+    for dir in dirs {
+        walk(dir, &mut out, 0);
+    }
+    out
+}
+
+fn error(status: StatusCode, why: String) -> Response {
+    (status, Json(json!({"error": why}))).into_response()
+}
+
+pub fn router(console: Arc<Console>) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/api/catalogue", get(catalogue))
+        .route("/api/version", get(version))
+        .route("/api/preview", get(preview_json))
+        .with_state(console)
+}
+
+/// Serves the console on `addr` until the process is stopped.
+pub async fn serve(settings: &Settings, addr: &str) -> Result<(), String> {
+    let console = Arc::new(Console::new(settings).await?);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("console: cannot listen on {addr}: {e}"))?;
+    eprintln!("console: http://{addr}/");
+    axum::serve(listener, router(console)).await.map_err(|e| e.to_string())
+}
+
+/// `GET /api/version`: changes whenever the files do; with the checker's error for a broken set.
+async fn version(State(c): State<Arc<Console>>) -> Response {
+    let (_, error, version) = c.current();
+    Json(json!({"version": version, "error": error})).into_response()
+}
+
+/// `GET /api/catalogue`: the notifications, the example events, the locales.
+async fn catalogue(State(c): State<Arc<Console>>) -> Response {
+    let (set, error, version) = c.current();
+    let notifications: Vec<_> = set
+        .as_ref()
+        .map(|s| {
+            s.rules
+                .notifications
+                .iter()
+                .map(|(id, n)| json!({"id": id, "title": n.title, "locales": s.templates.locales(id)}))
+                .collect()
+        })
+        .unwrap_or_default();
+    Json(json!({
+        "notifications": notifications,
+        "events": c.examples(),
+        "version": version,
+        "error": error,
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewQuery {
+    notification: String,
+    event: String,
+    locale: Option<String>,
+    recipient: Option<String>,
+}
+
+/// `GET /api/preview?notification=ID&event=NAME&locale=L&recipient=ADDR`.
+async fn preview_json(State(c): State<Arc<Console>>, query: Result<Query<PreviewQuery>, QueryRejection>) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let (set, broken, version) = c.current();
+    let Some(set) = set else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            broken.unwrap_or_else(|| "nothing loaded".into()),
+        );
+    };
+    let event = match c.event(&q.event).await {
+        Ok(e) => e,
+        Err(response) => return response,
+    };
+    let ask = Ask {
+        notification: &q.notification,
+        event: &event,
+        recipient: q.recipient.as_deref().filter(|r| !r.is_empty()),
+        locale: q.locale.as_deref().filter(|l| !l.is_empty()),
+    };
+    match preview(&set, &c.letterhead, &c.directory, &ask) {
+        Ok(p) => {
+            let mut body = serde_json::to_value(p).unwrap_or_default();
+            body["version"] = json!(version);
+            // A newer set that does not load: this preview is the last good one.
+            body["error"] = json!(broken);
+            Json(body).into_response()
+        }
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+    }
+}

@@ -1,0 +1,75 @@
+//! The authors' console previews what the worker sends: for the same event
+//! and recipient, the console's MIME message is the one the SMTP server
+//! received, byte for byte, but for `Date`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{self, Backend, example, http, on_both_backends};
+
+on_both_backends!(the_console_preview_is_the_message_the_worker_sent_but_for_its_date,);
+
+/// The message without its `Date` header.
+fn undated(eml: &str) -> String {
+    eml.split("\r\n")
+        .filter(|line| !line.starts_with("Date: "))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+async fn the_console_preview_is_the_message_the_worker_sent_but_for_its_date(backend: Backend) {
+    let _gate = support::shared().await;
+    let (broker, smtp, worker) = support::start("console", backend, &[]).await;
+    // Optional, so its headers carry the signed one-click link as well.
+    broker.publish(&example("dealreg.review_selected.json")).await;
+    let sent = smtp.wait_for(2, Duration::from_secs(20)).await;
+    let port = support::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut console = worker.spawn_cli(&["console", "--addr", &addr]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http(&addr, "GET", "/api/version", None).await.is_err() {
+        assert!(Instant::now() < deadline, "the console did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for recipient in ["amy@fabrikam.example", "ben@fabrikam.example"] {
+        let received = sent
+            .iter()
+            .find(|m| m.rcpt == [recipient])
+            .unwrap_or_else(|| panic!("no email to {recipient}"));
+        let path = format!(
+            "/api/preview?notification=dealreg-review-selected&event=dealreg.review_selected&recipient={recipient}"
+        );
+        let (status, body) = http(&addr, "GET", &path, None).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let preview: Value = serde_json::from_str(&body).unwrap();
+        let eml = preview["eml"].as_str().unwrap();
+        let got = String::from_utf8(received.data.clone()).unwrap();
+        assert_eq!(undated(got.trim_end()), undated(eml.trim_end()), "{recipient}");
+        assert!(
+            preview["headers"]["List-Unsubscribe"]
+                .as_str()
+                .unwrap()
+                .contains("/preferences/v1.")
+        );
+        assert_eq!(preview["decision"], "send");
+        assert!(preview["subject"].as_str().unwrap().contains("selected for review"));
+    }
+    // Bad input: a clear error, nothing else.
+    let (status, body) = http(
+        &addr,
+        "GET",
+        "/api/preview?notification=dealreg-review-selected&event=nope",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = http(&addr, "GET", "/api/preview?event=dealreg.review_selected", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    let _ = console.kill();
+    let _ = console.wait();
+    broker.cleanup().await;
+}
