@@ -195,16 +195,37 @@ async fn version(State(c): State<Arc<Console>>) -> Response {
     Json(json!({"version": version, "error": error})).into_response()
 }
 
-/// `GET /api/catalogue`: the notifications, the example events, the locales.
+/// `GET /api/catalogue`: the notifications (with the example events the
+/// rules send each for), the example events, the locales.
 async fn catalogue(State(c): State<Arc<Console>>) -> Response {
     let (set, error, version) = c.current();
+    let examples: Vec<(String, Vec<String>)> = match &set {
+        Some(s) => {
+            let mut routed = Vec::new();
+            for name in c.examples() {
+                if let Ok(event) = c.event(&name).await {
+                    let plan = crate::route::route(&event, &s.rules, &c.directory, &crate::route::MemoryState::new());
+                    routed.push((name, plan.deliveries.into_iter().map(|d| d.notification).collect()));
+                }
+            }
+            routed
+        }
+        None => Vec::new(),
+    };
     let notifications: Vec<_> = set
         .as_ref()
         .map(|s| {
             s.rules
                 .notifications
                 .iter()
-                .map(|(id, n)| json!({"id": id, "title": n.title, "locales": s.templates.locales(id)}))
+                .map(|(id, n)| {
+                    let events: Vec<&String> = examples
+                        .iter()
+                        .filter(|(_, sent)| sent.contains(id))
+                        .map(|(name, _)| name)
+                        .collect();
+                    json!({"id": id, "title": n.title, "locales": s.templates.locales(id), "events": events})
+                })
                 .collect()
         })
         .unwrap_or_default();
