@@ -13,4 +13,11 @@ if ! command -v check-jsonschema >/dev/null || ! command -v kubernetes-validate 
   python3 -m pip install --quiet --disable-pip-version-check check-jsonschema kubernetes-validate
 fi
 ./deploy/validate.sh
+# The console's browser tests drive headless Chromium through WebDriver.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  sudo=""
+  [[ $(id -u) == 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 cargo test --locked --all-targets

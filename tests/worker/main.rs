@@ -3,6 +3,7 @@
 //! every test runs on both store backends (a SQLite file, a PostgreSQL database).
 
 mod action_center;
+mod browser;
 mod console;
 mod digest;
 mod failures;
