@@ -239,7 +239,7 @@ async fn a_template_author_previews_edits_breaks_and_sees_the_phone_layout() {
         )
         .await;
     let (scroll, client) = (widths[0].as_u64().unwrap(), widths[1].as_u64().unwrap());
-    assert!(client <= 375 && client >= 300, "{widths}");
+    assert!((300..=375).contains(&client), "{widths}");
     assert!(scroll <= client, "the email scrolls sideways at 375 px: {widths}");
     browser.close().await;
     let _ = console.kill();
