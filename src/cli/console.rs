@@ -176,6 +176,8 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/api/catalogue", get(catalogue))
         .route("/api/version", get(version))
         .route("/api/preview", get(preview_json))
+        .route("/api/explain", get(explain))
+        .route("/api/locales", get(locales))
         .with_state(console)
 }
 
@@ -236,6 +238,72 @@ async fn catalogue(State(c): State<Arc<Console>>) -> Response {
         "error": error,
     }))
     .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventQuery {
+    event: String,
+}
+
+/// `GET /api/explain?event=NAME`: what `explain` prints, as data: every planned
+/// delivery with its deciding rules, and for every rule of the event's type
+/// whether it matched, or the first condition that failed with the value seen.
+async fn explain(State(c): State<Arc<Console>>, query: Result<Query<EventQuery>, QueryRejection>) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let (set, broken, _) = c.current();
+    let Some(set) = set else {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, broken.unwrap_or_default());
+    };
+    let event = match c.event(&q.event).await {
+        Ok(e) => e,
+        Err(response) => return response,
+    };
+    let plan = crate::route::route(&event, &set.rules, &c.directory, &crate::route::MemoryState::new());
+    Json(json!({"event": event.id, "type": event.event_type, "plan": plan, "error": broken})).into_response()
+}
+
+/// The locales every notification is written in, and the ones a person may have.
+const LOCALES: &[&str] = &["en-US", "de-DE", "zh-CN"];
+
+/// `GET /api/locales`: per template and locale, whether a variant exists or
+/// which one is used instead.
+async fn locales(State(c): State<Arc<Console>>) -> Response {
+    let (set, broken, _) = c.current();
+    let Some(set) = set else {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, broken.unwrap_or_default());
+    };
+    let mut locales: Vec<String> = LOCALES.iter().map(|l| (*l).to_owned()).collect();
+    for name in set.templates.names() {
+        for l in set.templates.locales(name) {
+            if !locales.contains(l) {
+                locales.push(l.clone());
+            }
+        }
+    }
+    let grid: Vec<_> = set
+        .templates
+        .names()
+        .map(|name| {
+            let cells: serde_json::Map<String, serde_json::Value> = locales
+                .iter()
+                .map(|l| {
+                    let used = set.templates.pick_locale(name, Some(l)).unwrap_or_default();
+                    let cell = if used == l {
+                        json!({"exists": true})
+                    } else {
+                        json!({"exists": false, "falls_back_to": used})
+                    };
+                    (l.clone(), cell)
+                })
+                .collect();
+            json!({"template": name, "locales": cells})
+        })
+        .collect();
+    Json(json!({"locales": locales, "templates": grid})).into_response()
 }
 
 #[derive(Deserialize)]

@@ -194,6 +194,30 @@ async fn a_template_author_previews_edits_breaks_and_sees_the_phone_layout() {
         "Deal registration for \"Contoso data platform migration\" was selected for review"
     );
 
+    // Explain, as tables: who gets it and why; every rule of the event's type.
+    let plan = browser
+        .wait_for(
+            "const t = document.getElementById('plan').textContent; return t.includes('ben@fabrikam.example') && t;",
+            "the plan",
+        )
+        .await;
+    assert!(plan.as_str().unwrap().contains("dealreg-review-selected"), "{plan}");
+    let trace = browser
+        .wait_for(
+            "return document.getElementById('trace').rows.length > 1 && document.getElementById('trace').textContent;",
+            "the rules",
+        )
+        .await;
+    assert!(trace.as_str().unwrap().contains("dealreg-review-selected"), "{trace}");
+    // The locale grid: a column per locale, and what a missing variant falls back to.
+    let grid = browser
+        .wait_for(
+            "const g = document.getElementById('grid'); return g.rows.length > 10 && g.rows[0].textContent;",
+            "the locale grid",
+        )
+        .await;
+    assert!(grid.as_str().unwrap().contains("zh-CN"), "{grid}");
+
     // Save a change to the template: the page follows, without a reload.
     browser.js("window.notReloaded = true; return true;").await;
     let file = copy.path().join("templates/dealreg-review-selected/en-US/subject.hbs");
