@@ -57,10 +57,61 @@ pub fn preview(
     ask: &Ask<'_>,
 ) -> Result<Preview, String> {
     let rules = &set.rules;
-    if !rules.notifications.contains_key(ask.notification) {
+    let Chosen {
+        delivery,
+        decision,
+        recipients,
+        action_center,
+    } = choose(set, directory, ask)?;
+    let mut session = set.templates.session(ask.event);
+    let email = match session.render(&delivery).map_err(|e| e.to_string())? {
+        Rendered::Email(email) => email,
+        Rendered::ActionCenter(_) => return Err("rendered for the wrong channel".into()),
+    };
+    let (message, _id) = compose_email(letterhead, rules, ask.event, &delivery, &email).map_err(|e| e.to_string())?;
+    let eml = String::from_utf8_lossy(&message.formatted()).into_owned();
+    let headers = header_fields(&eml);
+    let action_center = match action_center {
+        Some(mut d) => {
+            d.recipient.locale = delivery.recipient.locale.clone();
+            match session.render(&d).map_err(|e| e.to_string())? {
+                Rendered::ActionCenter(content) => {
+                    let spec = rules.action_center(&d.notification);
+                    Some(serde_json::to_value(action_center::entry(ask.event, &d, content, spec)).unwrap_or_default())
+                }
+                Rendered::Email(_) => None,
+            }
+        }
+        None => None,
+    };
+    Ok(Preview {
+        notification: ask.notification.to_owned(),
+        recipient: delivery.recipient.email.key(),
+        locale: email.locale.clone(),
+        subject: email.subject.clone(),
+        html: email.html.clone(),
+        text: email.text.clone(),
+        headers,
+        action_center,
+        eml,
+        decision,
+        recipients,
+    })
+}
+
+/// The delivery a preview shows, and what routing said of it.
+struct Chosen {
+    delivery: Delivery,
+    decision: String,
+    recipients: Vec<String>,
+    action_center: Option<Delivery>,
+}
+
+fn choose(set: &ServingSet, directory: &dyn DirectoryView, ask: &Ask<'_>) -> Result<Chosen, String> {
+    if !set.rules.notifications.contains_key(ask.notification) {
         return Err(format!("unknown notification `{}`", ask.notification));
     }
-    let plan = route(ask.event, rules, directory, &MemoryState::new());
+    let plan = route(ask.event, &set.rules, directory, &MemoryState::new());
     let planned: Vec<&Delivery> = plan
         .deliveries
         .iter()
@@ -88,40 +139,41 @@ pub fn preview(
     if let Some(locale) = ask.locale {
         delivery.recipient.locale = Some(locale.to_owned());
     }
+    Ok(Chosen {
+        delivery,
+        decision: decision.to_owned(),
+        recipients,
+        action_center: pick(Channel::ActionCenter),
+    })
+}
+
+/// The previewed email, sent to `to` instead of its recipient, marked as a
+/// test: `[Test]` before the subject and an `X-Router-Test` header.
+pub fn test_message(
+    set: &ServingSet,
+    letterhead: &Letterhead,
+    directory: &dyn DirectoryView,
+    ask: &Ask<'_>,
+    to: &str,
+) -> Result<lettre::Message, String> {
+    let to = EmailAddress::parse(to).map_err(|e| format!("`{to}` is not an email address: {e}"))?;
+    let mut delivery = choose(set, directory, ask)?.delivery;
     let mut session = set.templates.session(ask.event);
-    let email = match session.render(&delivery).map_err(|e| e.to_string())? {
+    let mut email = match session.render(&delivery).map_err(|e| e.to_string())? {
         Rendered::Email(email) => email,
         Rendered::ActionCenter(_) => return Err("rendered for the wrong channel".into()),
     };
-    let (message, _id) = compose_email(letterhead, rules, ask.event, &delivery, &email).map_err(|e| e.to_string())?;
-    let eml = String::from_utf8_lossy(&message.formatted()).into_owned();
-    let headers = header_fields(&eml);
-    let action_center = match pick(Channel::ActionCenter) {
-        Some(mut d) => {
-            d.recipient.locale = delivery.recipient.locale.clone();
-            match session.render(&d).map_err(|e| e.to_string())? {
-                Rendered::ActionCenter(content) => {
-                    let spec = rules.action_center(&d.notification);
-                    Some(serde_json::to_value(action_center::entry(ask.event, &d, content, spec)).unwrap_or_default())
-                }
-                Rendered::Email(_) => None,
-            }
-        }
-        None => None,
-    };
-    Ok(Preview {
-        notification: ask.notification.to_owned(),
-        recipient: delivery.recipient.email.key(),
-        locale: email.locale.clone(),
-        subject: email.subject.clone(),
-        html: email.html.clone(),
-        text: email.text.clone(),
-        headers,
-        action_center,
-        eml,
-        decision: decision.to_owned(),
-        recipients,
-    })
+    email.subject = format!("[Test] {}", email.subject);
+    delivery.recipient.email = to;
+    let (mut message, _) =
+        compose_email(letterhead, &set.rules, ask.event, &delivery, &email).map_err(|e| e.to_string())?;
+    message
+        .headers_mut()
+        .insert_raw(lettre::message::header::HeaderValue::new(
+            lettre::message::header::HeaderName::new_from_ascii_str("X-Router-Test"),
+            "a test send from the console, not a notification".to_owned(),
+        ));
+    Ok(message)
 }
 
 /// A delivery of the notification to someone the rules do not send it to:

@@ -3,7 +3,8 @@
 //! whenever a file changes), the example events and the test directory, and,
 //! when the configured store exists, its directory, preferences and archived
 //! events. Every preview is produced by [`crate::preview`], the worker's own
-//! send path with the worker's configuration. It never writes a file.
+//! send path with the worker's configuration. It writes no file (a test send
+//! goes to the configured mail server, or its `.eml` folder without one).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,8 @@ pub struct Console {
     templates_dir: PathBuf,
     addresses: Addresses,
     letterhead: Letterhead,
+    /// Where test sends go: the configured mail server (or its `.eml` folder).
+    smtp: crate::config::Smtp,
     directory: Directory,
     store: Option<Arc<dyn Store>>,
     loaded: Mutex<Loaded>,
@@ -86,6 +89,7 @@ impl Console {
             templates_dir: settings.templates.dir.clone(),
             addresses: Addresses::from_settings(settings),
             letterhead: Letterhead::from_settings(settings)?,
+            smtp: settings.smtp.clone(),
             directory,
             store,
             loaded: Mutex::default(),
@@ -177,6 +181,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/api/version", get(version))
         .route("/api/preview", get(preview_json))
         .route("/api/explain", get(explain))
+        .route("/api/test-send", axum::routing::post(test_send))
         .route("/api/locales", get(locales))
         .with_state(console)
 }
@@ -264,6 +269,52 @@ async fn explain(State(c): State<Arc<Console>>, query: Result<Query<EventQuery>,
     };
     let plan = crate::route::route(&event, &set.rules, &c.directory, &crate::route::MemoryState::new());
     Json(json!({"event": event.id, "type": event.event_type, "plan": plan, "error": broken})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestSend {
+    notification: String,
+    event: String,
+    recipient: Option<String>,
+    locale: Option<String>,
+    /// Where the test goes (a mail catcher, your own inbox).
+    to: String,
+}
+
+/// `POST /api/test-send` with `{"notification", "event", "recipient"?, "locale"?, "to"}`:
+/// the previewed email to `to` through the configured SMTP server, marked as a test.
+async fn test_send(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> Response {
+    let ask: TestSend = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body: {e}")),
+    };
+    let (set, broken, _) = c.current();
+    let Some(set) = set else {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, broken.unwrap_or_default());
+    };
+    let event = match c.event(&ask.event).await {
+        Ok(e) => e,
+        Err(response) => return response,
+    };
+    let preview_ask = Ask {
+        notification: &ask.notification,
+        event: &event,
+        recipient: ask.recipient.as_deref().filter(|r| !r.is_empty()),
+        locale: ask.locale.as_deref().filter(|l| !l.is_empty()),
+    };
+    let message = match crate::preview::test_message(&set, &c.letterhead, &c.directory, &preview_ask, &ask.to) {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
+    };
+    let mailer = match crate::dispatch::email::Mailer::from_settings(&c.smtp) {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    match mailer.deliver(message, async { Ok(true) }, async { Ok(()) }).await {
+        Ok(()) => Json(json!({"sent_to": ask.to})).into_response(),
+        Err(e) => error(StatusCode::BAD_GATEWAY, format!("the mail server: {e}")),
+    }
 }
 
 /// The locales every notification is written in, and the ones a person may have.

@@ -1,12 +1,13 @@
 //! The authors' console previews what the worker sends: for the same event
 //! and recipient, the console's MIME message is the one the SMTP server
-//! received, byte for byte, but for `Date`.
+//! received, byte for byte, but for `Date`; and its test send goes through
+//! the same SMTP server, marked as a test.
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{self, Backend, example, http, on_both_backends};
+use crate::support::{self, Backend, example, http, http_body, on_both_backends};
 
 on_both_backends!(the_console_preview_is_the_message_the_worker_sent_but_for_its_date,);
 
@@ -55,6 +56,37 @@ async fn the_console_preview_is_the_message_the_worker_sent_but_for_its_date(bac
         assert_eq!(preview["decision"], "send");
         assert!(preview["subject"].as_str().unwrap().contains("selected for review"));
     }
+    // A test send: the same email to the author, through the configured SMTP server, marked.
+    let ask = br#"{"notification": "dealreg-review-selected", "event": "dealreg.review_selected",
+                   "recipient": "ben@fabrikam.example", "to": "author@example.com"}"#;
+    let (status, body) = http_body(&addr, "POST", "/api/test-send", None, Some(("application/json", ask)))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let all = smtp.wait_for(3, Duration::from_secs(20)).await;
+    let test = all
+        .iter()
+        .find(|m| m.rcpt == ["author@example.com"])
+        .expect("the test email");
+    let parsed = test.parsed();
+    assert!(
+        parsed.subject().unwrap().starts_with("[Test] Deal registration"),
+        "{:?}",
+        parsed.subject()
+    );
+    assert!(parsed.header_raw("X-Router-Test").is_some());
+    assert_eq!(all.len(), 3, "nobody else got it");
+    let (status, _) = http_body(
+        &addr,
+        "POST",
+        "/api/test-send",
+        None,
+        Some(("application/json", b"{\"to\": 1}")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400);
+
     // Bad input: a clear error, nothing else.
     let (status, body) = http(
         &addr,
