@@ -150,6 +150,34 @@ impl Console {
     }
 }
 
+/// What a request about one event works on: the set (the last good one), a
+/// newer set's error, the version, and the event.
+struct Working {
+    set: Arc<ServingSet>,
+    broken: Option<String>,
+    version: u64,
+    event: Event,
+}
+
+impl Console {
+    async fn working(&self, event: &str) -> Result<Working, Response> {
+        let (set, broken, version) = self.current();
+        let Some(set) = set else {
+            return Err(error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                broken.unwrap_or_else(|| "nothing loaded".into()),
+            ));
+        };
+        let event = self.event(event).await?;
+        Ok(Working {
+            set,
+            broken,
+            version,
+            event,
+        })
+    }
+}
+
 /// The newest modification time of any file under `dirs`.
 fn newest<'a>(dirs: impl IntoIterator<Item = &'a PathBuf>) -> Option<SystemTime> {
     fn walk(dir: &Path, newest: &mut Option<SystemTime>, depth: u32) {
@@ -259,16 +287,12 @@ async fn explain(State(c): State<Arc<Console>>, query: Result<Query<EventQuery>,
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    let (set, broken, _) = c.current();
-    let Some(set) = set else {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, broken.unwrap_or_default());
-    };
-    let event = match c.event(&q.event).await {
-        Ok(e) => e,
+    let w = match c.working(&q.event).await {
+        Ok(w) => w,
         Err(response) => return response,
     };
-    let plan = crate::route::route(&event, &set.rules, &c.directory, &crate::route::MemoryState::new());
-    Json(json!({"event": event.id, "type": event.event_type, "plan": plan, "error": broken})).into_response()
+    let plan = crate::route::route(&w.event, &w.set.rules, &c.directory, &crate::route::MemoryState::new());
+    Json(json!({"event": w.event.id, "type": w.event.event_type, "plan": plan, "error": w.broken})).into_response()
 }
 
 #[derive(Deserialize)]
@@ -289,21 +313,17 @@ async fn test_send(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> Re
         Ok(a) => a,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body: {e}")),
     };
-    let (set, broken, _) = c.current();
-    let Some(set) = set else {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, broken.unwrap_or_default());
-    };
-    let event = match c.event(&ask.event).await {
-        Ok(e) => e,
+    let w = match c.working(&ask.event).await {
+        Ok(w) => w,
         Err(response) => return response,
     };
     let preview_ask = Ask {
         notification: &ask.notification,
-        event: &event,
+        event: &w.event,
         recipient: ask.recipient.as_deref().filter(|r| !r.is_empty()),
         locale: ask.locale.as_deref().filter(|l| !l.is_empty()),
     };
-    let message = match crate::preview::test_message(&set, &c.letterhead, &c.directory, &preview_ask, &ask.to) {
+    let message = match crate::preview::test_message(&w.set, &c.letterhead, &c.directory, &preview_ask, &ask.to) {
         Ok(m) => m,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
     };
@@ -372,29 +392,22 @@ async fn preview_json(State(c): State<Arc<Console>>, query: Result<Query<Preview
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    let (set, broken, version) = c.current();
-    let Some(set) = set else {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            broken.unwrap_or_else(|| "nothing loaded".into()),
-        );
-    };
-    let event = match c.event(&q.event).await {
-        Ok(e) => e,
+    let w = match c.working(&q.event).await {
+        Ok(w) => w,
         Err(response) => return response,
     };
     let ask = Ask {
         notification: &q.notification,
-        event: &event,
+        event: &w.event,
         recipient: q.recipient.as_deref().filter(|r| !r.is_empty()),
         locale: q.locale.as_deref().filter(|l| !l.is_empty()),
     };
-    match preview(&set, &c.letterhead, &c.directory, &ask) {
+    match preview(&w.set, &c.letterhead, &c.directory, &ask) {
         Ok(p) => {
             let mut body = serde_json::to_value(p).unwrap_or_default();
-            body["version"] = json!(version);
+            body["version"] = json!(w.version);
             // A newer set that does not load: this preview is the last good one.
-            body["error"] = json!(broken);
+            body["error"] = json!(w.broken);
             Json(body).into_response()
         }
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
