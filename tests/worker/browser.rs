@@ -97,9 +97,25 @@ impl Browser {
         }
     }
 
-    async fn close(mut self) {
+    async fn close(self) {
         let path = format!("/session/{}", self.session);
         self.call("DELETE", &path, &json!({})).await;
+    }
+}
+
+impl Drop for Browser {
+    /// Ends the session (which closes Chromium) even when the test failed, then the driver.
+    fn drop(&mut self) {
+        use std::io::Write;
+        if let Ok(mut tcp) = std::net::TcpStream::connect(&self.addr) {
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+                self.session, self.addr
+            );
+            let _ = tcp.write_all(request.as_bytes());
+            let _ = std::io::Read::read(&mut tcp, &mut [0u8; 512]);
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
