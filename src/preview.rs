@@ -117,8 +117,14 @@ fn choose(set: &ServingSet, directory: &dyn DirectoryView, ask: &Ask<'_>) -> Res
         .iter()
         .filter(|d| d.notification == ask.notification)
         .collect();
-    let mut recipients: Vec<String> = planned.iter().map(|d| d.recipient.email.key()).collect();
-    recipients.dedup();
+    // Once each, in plan order (a person planned on two channels is listed once).
+    let mut recipients: Vec<String> = Vec::new();
+    for d in &planned {
+        let key = d.recipient.email.key();
+        if !recipients.contains(&key) {
+            recipients.push(key);
+        }
+    }
     let wanted = ask.recipient.map(|r| r.trim().to_lowercase());
     let pick = |channel: Channel| {
         planned
