@@ -49,6 +49,18 @@ pub struct Ask<'a> {
     pub locale: Option<&'a str>,
 }
 
+impl<'a> Ask<'a> {
+    /// A request as people fill it in: an empty recipient or locale means none.
+    pub fn new(notification: &'a str, event: &'a Event, recipient: Option<&'a str>, locale: Option<&'a str>) -> Self {
+        Self {
+            notification,
+            event,
+            recipient: recipient.filter(|r| !r.trim().is_empty()),
+            locale: locale.filter(|l| !l.trim().is_empty()),
+        }
+    }
+}
+
 /// Previews `ask` with `set`, the way a worker configured with `letterhead` sends it.
 pub fn preview(
     set: &ServingSet,

@@ -317,12 +317,12 @@ async fn test_send(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> Re
         Ok(w) => w,
         Err(response) => return response,
     };
-    let preview_ask = Ask {
-        notification: &ask.notification,
-        event: &w.event,
-        recipient: ask.recipient.as_deref().filter(|r| !r.is_empty()),
-        locale: ask.locale.as_deref().filter(|l| !l.is_empty()),
-    };
+    let preview_ask = Ask::new(
+        &ask.notification,
+        &w.event,
+        ask.recipient.as_deref(),
+        ask.locale.as_deref(),
+    );
     let message = match crate::preview::test_message(&w.set, &c.letterhead, &c.directory, &preview_ask, &ask.to) {
         Ok(m) => m,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
@@ -396,12 +396,7 @@ async fn preview_json(State(c): State<Arc<Console>>, query: Result<Query<Preview
         Ok(w) => w,
         Err(response) => return response,
     };
-    let ask = Ask {
-        notification: &q.notification,
-        event: &w.event,
-        recipient: q.recipient.as_deref().filter(|r| !r.is_empty()),
-        locale: q.locale.as_deref().filter(|l| !l.is_empty()),
-    };
+    let ask = Ask::new(&q.notification, &w.event, q.recipient.as_deref(), q.locale.as_deref());
     match preview(&w.set, &c.letterhead, &c.directory, &ask) {
         Ok(p) => {
             let mut body = serde_json::to_value(p).unwrap_or_default();

@@ -81,12 +81,7 @@ pub fn preview(req: &PreviewRequest<'_>) -> Result<String, String> {
     if is_digest(&set.rules, req.notification) {
         return preview_digest(req, &set, &letterhead, &dir, &event);
     }
-    let ask = crate::preview::Ask {
-        notification: req.notification,
-        event: &event,
-        recipient: req.recipient,
-        locale: req.locale,
-    };
+    let ask = crate::preview::Ask::new(req.notification, &event, req.recipient, req.locale);
     let p = crate::preview::preview(&set, &letterhead, &dir, &ask)?;
     let stem = req.out.join(format!("{}.{}", req.notification, p.locale));
     write(&stem, "html", p.html.as_bytes(), &mut written)?;
