@@ -21,6 +21,7 @@ const MONTHS = {
     'November', 'Dezember'],
 };
 const isGerman = (locale) => locale === 'de' || locale.startsWith('de-');
+const isChinese = (locale) => locale === 'zh' || locale.startsWith('zh-');
 const audience = (options) => {
   const root = options.data.root;
   return { locale: root.locale || 'en-US', tz: (root.recipient && root.recipient.time_zone) || 'UTC' };
@@ -42,6 +43,7 @@ function parts(date, tz) {
 }
 
 function formatDate(y, m, d, locale) {
+  if (isChinese(locale)) return `${y}年${m}月${d}日`;
   return isGerman(locale) ? `${d}. ${MONTHS.de[m - 1]} ${y}` : `${MONTHS.en[m - 1]} ${d}, ${y}`;
 }
 
@@ -55,7 +57,9 @@ function dateHelper(withTime) {
     const date = formatDate(p.year, p.month, p.day, locale);
     if (!withTime) return date;
     const mm = String(p.minute).padStart(2, '0');
-    if (isGerman(locale)) return `${date}, ${String(p.hour).padStart(2, '0')}:${mm} Uhr (${tz})`;
+    const hh = String(p.hour).padStart(2, '0');
+    if (isGerman(locale)) return `${date}, ${hh}:${mm} Uhr (${tz})`;
+    if (isChinese(locale)) return `${date} ${hh}:${mm}（${tz}）`;
     const h12 = p.hour % 12 === 0 ? 12 : p.hour % 12;
     return `${date}, ${h12}:${mm} ${p.hour < 12 ? 'AM' : 'PM'} (${tz})`;
   };

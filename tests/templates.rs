@@ -53,6 +53,8 @@ fn event(file: &str) -> Event {
 fn zone(locale: &str) -> &'static str {
     if locale == "de-DE" {
         "Europe/Berlin"
+    } else if locale == "zh-CN" {
+        "Asia/Shanghai"
     } else {
         "America/Los_Angeles"
     }
@@ -81,13 +83,16 @@ fn email_snapshot(e: &RenderedEmail) -> String {
     )
 }
 
+/// The locales every notification is written in.
+const LOCALES: [&str; 3] = ["en-US", "de-DE", "zh-CN"];
+
 #[test]
 fn every_notification_renders_for_the_examples_in_every_locale() {
     let templates = templates();
     let mut covered = std::collections::BTreeSet::new();
     for event in examples() {
         for mut delivery in planned(&event) {
-            for locale in ["en-US", "de-DE"] {
+            for locale in LOCALES {
                 delivery.recipient.locale = Some(locale.into());
                 delivery.recipient.time_zone = Some(zone(locale).into());
                 let rendered = templates.render(&event, &delivery).expect("renders");
@@ -117,7 +122,7 @@ fn every_notification_renders_for_the_examples_in_every_locale() {
         d.lead.offer = None;
         d.lead.notes = None;
     }
-    for locale in ["en-US", "de-DE"] {
+    for locale in LOCALES {
         let recipient = person("Gina Gray", "gina@fabrikam.example", locale);
         let digest = templates
             .render_digest(
@@ -135,7 +140,7 @@ fn every_notification_renders_for_the_examples_in_every_locale() {
     let all: Vec<&str> = templates.names().collect();
     assert_eq!(covered.iter().map(String::as_str).collect::<Vec<_>>(), all);
     for name in all {
-        assert_eq!(templates.locales(name), ["de-DE", "en-US"], "{name}");
+        assert_eq!(templates.locales(name), ["de-DE", "en-US", "zh-CN"], "{name}");
     }
 }
 
@@ -408,6 +413,49 @@ fn a_missing_locale_part_or_partial_is_an_error() {
         "{err}"
     );
     assert!(err.contains("no partial `why`"), "{err}");
+}
+
+#[test]
+fn a_locale_variant_lacking_what_en_us_has_is_a_warning_naming_the_file() {
+    let (_tmp, dir) = scratch_templates();
+    let rules = root().join("rules");
+    let clean = cli::templates::check(&dir, &rules).unwrap();
+    assert!(!clean.contains("warning"), "{clean}");
+    // A shared `why` for the text part: zh-CN without its own now falls back to it.
+    std::fs::copy(dir.join("partials/en-US/why.txt.hbs"), dir.join("partials/why.txt.hbs")).unwrap();
+    std::fs::remove_file(dir.join("partials/zh-CN/why.txt.hbs")).unwrap();
+    let report = cli::templates::check(&dir, &rules).unwrap();
+    let expected = format!(
+        "{}: warning: en-US has this part and zh-CN does not (the shared partial is used)",
+        dir.join("partials/zh-CN/why.txt.hbs").display()
+    );
+    assert!(report.contains(&expected), "{report}");
+    assert_eq!(report.matches("warning").count(), 1, "{report}");
+    assert!(report.lines().last().unwrap().starts_with("templates ok:"), "{report}");
+}
+
+#[test]
+fn chinese_recipients_read_chinese_dates_and_text() {
+    let event = event("cosell.opportunity.expiring.json");
+    let mut delivery = planned(&event)
+        .into_iter()
+        .find(|d| d.channel == Channel::Email)
+        .expect("an email");
+    delivery.recipient.locale = Some("zh-CN".into());
+    delivery.recipient.time_zone = Some("Asia/Shanghai".into());
+    let Rendered::Email(email) = templates().render(&event, &delivery).expect("renders") else {
+        panic!("an email")
+    };
+    assert_eq!(email.locale, "zh-CN");
+    let han = |s: &str| s.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c));
+    assert!(
+        han(&email.subject) && han(&email.text),
+        "{}\n{}",
+        email.subject,
+        email.text
+    );
+    assert!(email.text.contains("（Asia/Shanghai）"), "{}", email.text);
+    assert!(email.html.contains("lang=\"zh-CN\""), "{}", email.html);
 }
 
 #[test]

@@ -43,11 +43,18 @@ pub fn check(templates_dir: &Path, rules_dir: &Path) -> Result<String, String> {
         .collect();
     locales.sort_unstable();
     locales.dedup();
-    Ok(format!(
+    let mut out = String::new();
+    if let Ok(tree) = crate::render::source::read_tree(templates_dir) {
+        for gap in crate::render::source::gaps(templates_dir, &tree) {
+            out.push_str(&format!("{gap}\n"));
+        }
+    }
+    out.push_str(&format!(
         "templates ok: {} templates in {}, rendered against {examples} example events",
         templates.names().count(),
         locales.join(", "),
-    ))
+    ));
+    Ok(out)
 }
 
 /// What `preview` renders.

@@ -65,6 +65,10 @@ fn is_german(locale: &str) -> bool {
     locale == "de" || locale.starts_with("de-")
 }
 
+fn is_chinese(locale: &str) -> bool {
+    locale == "zh" || locale.starts_with("zh-")
+}
+
 fn chrono_locale(locale: &str) -> chrono::Locale {
     if is_german(locale) {
         chrono::Locale::de_DE
@@ -114,18 +118,30 @@ impl HelperDef for DateHelper {
     }
 }
 
-/// A calendar date in the locale's long form: `March 31, 2027`, `31. März 2027`.
+/// A calendar date in the locale's long form: `March 31, 2027`, `31. März 2027`, `2027年3月31日`.
 pub fn format_date(day: NaiveDate, locale: &str) -> String {
+    if is_chinese(locale) {
+        return day.format("%Y年%-m月%-d日").to_string();
+    }
     let pattern = if is_german(locale) { "%-d. %B %Y" } else { "%B %-d, %Y" };
     day.format_localized(pattern, chrono_locale(locale)).to_string()
 }
 
 /// A moment in the recipient's zone, naming the zone so nobody has to guess:
-/// `December 4, 2026, 1:15 AM (America/Los_Angeles)`, `4. Dezember 2026, 10:15 Uhr (Europe/Berlin)`.
+/// `December 4, 2026, 1:15 AM (America/Los_Angeles)`, `4. Dezember 2026, 10:15 Uhr (Europe/Berlin)`,
+/// `2026年12月4日 17:15（Asia/Shanghai）`.
 pub fn format_datetime(at: DateTime<Utc>, tz: chrono_tz::Tz, locale: &str, with_time: bool) -> String {
     let local = at.with_timezone(&tz);
     if !with_time {
         return format_date(local.date_naive(), locale);
+    }
+    if is_chinese(locale) {
+        return format!(
+            "{} {}（{}）",
+            format_date(local.date_naive(), locale),
+            local.format("%H:%M"),
+            tz.name()
+        );
     }
     let pattern = if is_german(locale) {
         "%-d. %B %Y, %H:%M Uhr"
@@ -252,6 +268,12 @@ mod tests {
             format_date(NaiveDate::from_ymd_opt(2027, 3, 31).unwrap(), "de-DE"),
             "31. März 2027"
         );
+        let shanghai: chrono_tz::Tz = "Asia/Shanghai".parse().unwrap();
+        assert_eq!(
+            format_datetime(at, shanghai, "zh-CN", true),
+            "2026年12月4日 17:15（Asia/Shanghai）"
+        );
+        assert_eq!(format_datetime(late, shanghai, "zh-CN", false), "2026年4月1日");
     }
 
     #[test]
@@ -260,5 +282,6 @@ mod tests {
         assert_eq!(format_money(125000.0, "EUR", "de-DE"), "125.000,00 EUR");
         assert_eq!(format_money(1999.5, "JPY", "en-US"), "JPY 2,000");
         assert_eq!(format_money(-12.5, "USD", "en-US"), "USD -12.50");
+        assert_eq!(format_money(125000.0, "CNY", "zh-CN"), "CNY 125,000.00");
     }
 }

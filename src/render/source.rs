@@ -60,6 +60,16 @@ pub enum Kind {
     Text,
 }
 
+impl Kind {
+    /// The middle of a partial's file name: `NAME.html.hbs`, `NAME.txt.hbs`.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Kind::Html => "html",
+            Kind::Text => "txt",
+        }
+    }
+}
+
 /// A template file: where it is, what the author wrote, and what is registered.
 #[derive(Clone, Debug)]
 pub struct Source {
@@ -157,6 +167,71 @@ pub fn read_tree(dir: &Path) -> Result<Tree, Vec<TemplateError>> {
         tree.notifications.insert(name, reader.locales(&path));
     }
     reader.finish(tree)
+}
+
+/// A part the fallback locale has and another locale's variant lacks: not an
+/// error (the variant may not need it), but the recipients of that locale
+/// will read another locale's text there.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Gap {
+    /// The file that would close it.
+    pub file: PathBuf,
+    pub locale: String,
+    /// What is used instead: the shared partial, or nothing.
+    pub instead: &'static str,
+}
+
+impl fmt::Display for Gap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: warning: {DEFAULT} has this part and {} does not ({})",
+            self.file.display(),
+            self.locale,
+            self.instead,
+            DEFAULT = crate::render::DEFAULT_LOCALE,
+        )
+    }
+}
+
+/// Every part an `en-US` variant has that another locale's variant of the
+/// same notification (or the locale's partials folder) lacks.
+pub fn gaps(dir: &Path, tree: &Tree) -> Vec<Gap> {
+    let fallback = crate::render::DEFAULT_LOCALE;
+    let mut out = Vec::new();
+    for (name, locales) in &tree.notifications {
+        let Some(base) = locales.get(fallback) else { continue };
+        for (locale, parts) in locales.iter().filter(|(l, _)| *l != fallback) {
+            for part in base.keys().filter(|p| !parts.contains_key(*p)) {
+                out.push(Gap {
+                    file: dir.join(name).join(locale).join(format!("{part}.hbs")),
+                    locale: locale.clone(),
+                    instead: "nothing: the part is left out",
+                });
+            }
+        }
+    }
+    let Some(base) = tree.locale_partials.get(fallback) else {
+        return out;
+    };
+    for (locale, partials) in tree.locale_partials.iter().filter(|(l, _)| *l != fallback) {
+        for (name, kind) in base.keys().filter(|k| !partials.contains_key(*k)) {
+            let shared = tree.shared_partials.contains_key(&(name.clone(), *kind));
+            out.push(Gap {
+                file: dir
+                    .join("partials")
+                    .join(locale)
+                    .join(format!("{name}.{}.hbs", kind.extension())),
+                locale: locale.clone(),
+                instead: if shared {
+                    "the shared partial is used"
+                } else {
+                    "templates that include it fail to load"
+                },
+            });
+        }
+    }
+    out
 }
 
 /// The template folder being read: the stylesheet HTML files are inlined
