@@ -145,6 +145,13 @@ enum Command {
         /// Where to serve it (keep it on loopback: it is a tool for authors).
         #[arg(long, default_value = "127.0.0.1:8090")]
         addr: String,
+        /// The rules to compare the working copy with ("what would change");
+        /// default: the working copy as it was when the console started.
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// The templates that go with --against (default: the working ones).
+        #[arg(long, requires = "against")]
+        against_templates: Option<PathBuf>,
     },
     /// Render one notification for one event: writes the .html, .txt and .eml.
     Preview {
@@ -279,9 +286,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Console { config, addr } => {
+        Command::Console {
+            config,
+            addr,
+            against,
+            against_templates,
+        } => {
             let settings = Settings::load(config.as_deref())?;
-            match runtime()?.block_on(cli::console::serve(&settings, &addr)) {
+            let against = against.map(|rules| {
+                let templates = against_templates.unwrap_or_else(|| settings.templates.dir.clone());
+                (rules, templates)
+            });
+            match runtime()?.block_on(cli::console::serve(&settings, &addr, against)) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e) => {
                     eprintln!("{e}");

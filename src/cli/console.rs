@@ -25,6 +25,8 @@ use crate::directory::Directory;
 use crate::dispatch::email::Letterhead;
 use crate::event::Event;
 use crate::preview::{Ask, preview};
+use crate::replay::diff::diff;
+use crate::replay::{Engine, replay};
 use crate::serving::{Addresses, ServingSet};
 use crate::store::Store;
 
@@ -33,13 +35,26 @@ const PAGE: &str = include_str!("console.html");
 /// What the console reads.
 pub struct Console {
     rules_dir: PathBuf,
-    templates_dir: PathBuf,
+    working: Watched,
+    /// What "what would change" compares the working copy with.
+    against: Against,
     addresses: Addresses,
     letterhead: Letterhead,
     /// Where test sends go: the configured mail server (or its `.eml` folder).
     smtp: crate::config::Smtp,
     directory: Directory,
     store: Option<Arc<dyn Store>>,
+    /// Events pasted into the page, newest last (at most [`PASTED`]).
+    pasted: Mutex<Vec<Event>>,
+}
+
+/// How many pasted events the console keeps.
+const PASTED: usize = 50;
+
+/// A rules and templates folder, read again whenever a file in it changes.
+struct Watched {
+    rules_dir: PathBuf,
+    templates_dir: PathBuf,
     loaded: Mutex<Loaded>,
 }
 
@@ -52,10 +67,46 @@ struct Loaded {
     version: u64,
 }
 
+impl Watched {
+    fn new(rules_dir: PathBuf, templates_dir: PathBuf) -> Self {
+        Self {
+            rules_dir,
+            templates_dir,
+            loaded: Mutex::default(),
+        }
+    }
+
+    /// The set as the files are now (the last good one if they are broken), the newest error, the version.
+    fn current(&self, addresses: &Addresses) -> (Option<Arc<ServingSet>>, Option<String>, u64) {
+        let stamp = newest([&self.rules_dir, &self.templates_dir]);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if loaded.stamp != stamp || loaded.set.is_none() && loaded.error.is_none() {
+            loaded.stamp = stamp;
+            loaded.version += 1;
+            match ServingSet::load(&self.rules_dir, &self.templates_dir, addresses) {
+                Ok(set) => {
+                    loaded.set = Some(Arc::new(set));
+                    loaded.error = None;
+                }
+                Err(e) => loaded.error = Some(e.to_string()),
+            }
+        }
+        (loaded.set.clone(), loaded.error.clone(), loaded.version)
+    }
+}
+
+/// The base of "what would change".
+enum Against {
+    /// Other folders (`--against`), e.g. what is deployed.
+    Folders(Watched),
+    /// The working copy as first loaded by this console.
+    Start(Mutex<Option<Arc<ServingSet>>>),
+}
+
 impl Console {
     /// From the worker's settings; the store only when it already exists (a
     /// console never creates one).
-    pub async fn new(settings: &Settings) -> Result<Self, String> {
+    pub async fn new(settings: &Settings, against: Option<(PathBuf, PathBuf)>) -> Result<Self, String> {
         let url = settings.store.url.expose();
         let exists = match url.strip_prefix("sqlite://") {
             Some(path) => Path::new(path.split('?').next().unwrap_or(path)).exists(),
@@ -84,34 +135,59 @@ impl Console {
                 }
             }
         };
-        Ok(Self {
+        let against = match against {
+            Some((rules, templates)) => Against::Folders(Watched::new(rules, templates)),
+            None => Against::Start(Mutex::default()),
+        };
+        let console = Self {
             rules_dir: settings.rules.dir.clone(),
-            templates_dir: settings.templates.dir.clone(),
+            working: Watched::new(settings.rules.dir.clone(), settings.templates.dir.clone()),
+            against,
             addresses: Addresses::from_settings(settings),
             letterhead: Letterhead::from_settings(settings)?,
             smtp: settings.smtp.clone(),
             directory,
             store,
-            loaded: Mutex::default(),
-        })
+            pasted: Mutex::default(),
+        };
+        // The base of "what would change" is the working copy as it is now.
+        console.current();
+        Ok(console)
     }
 
     /// The set to preview with, read again when a file changed; the newest error, if any.
     fn current(&self) -> (Option<Arc<ServingSet>>, Option<String>, u64) {
-        let stamp = newest([&self.rules_dir, &self.templates_dir]);
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if loaded.stamp != stamp || loaded.set.is_none() && loaded.error.is_none() {
-            loaded.stamp = stamp;
-            loaded.version += 1;
-            match ServingSet::load(&self.rules_dir, &self.templates_dir, &self.addresses) {
-                Ok(set) => {
-                    loaded.set = Some(Arc::new(set));
-                    loaded.error = None;
-                }
-                Err(e) => loaded.error = Some(e.to_string()),
+        let current = self.working.current(&self.addresses);
+        if let (Against::Start(first), Some(set)) = (&self.against, &current.0) {
+            first
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(|| set.clone());
+        }
+        current
+    }
+
+    /// The base set of "what would change", and what it is, for people.
+    fn base(&self) -> Result<(Arc<ServingSet>, String), String> {
+        match &self.against {
+            Against::Folders(w) => match w.current(&self.addresses) {
+                (Some(set), None, _) => Ok((
+                    set,
+                    format!("{} and {}", w.rules_dir.display(), w.templates_dir.display()),
+                )),
+                (_, error, _) => Err(format!(
+                    "the base ({}) does not load: {}",
+                    w.rules_dir.display(),
+                    error.unwrap_or_default()
+                )),
+            },
+            Against::Start(first) => {
+                let first = first.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                first
+                    .map(|set| (set, "the working copy when the console started".to_owned()))
+                    .ok_or_else(|| "the working copy did not load when the console started".to_owned())
             }
         }
-        (loaded.set.clone(), loaded.error.clone(), loaded.version)
     }
 
     fn examples(&self) -> Vec<String> {
@@ -127,26 +203,57 @@ impl Console {
         names
     }
 
-    /// An example by name (its file without `.json`), else a recorded event by id.
+    /// An example by name (its file without `.json`), else a pasted,
+    /// example or recorded event by id.
     async fn event(&self, name: &str) -> Result<Event, Response> {
         let safe = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
         let file = self.rules_dir.join("tests/events").join(format!("{name}.json"));
         if safe && file.exists() {
             return read_event(&file).map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
         }
+        let pasted = {
+            let pasted = self.pasted.lock().unwrap_or_else(|e| e.into_inner());
+            pasted.iter().rev().find(|e| e.id.as_str() == name).cloned()
+        };
+        if let Some(event) = pasted {
+            return Ok(event);
+        }
+        let by_id = |events: Vec<Event>| events.into_iter().find(|e| e.id.as_str() == name);
+        if let Some(event) = by_id(self.example_events()) {
+            return Ok(event);
+        }
         if let Some(store) = &self.store {
-            let all = store
-                .archived(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH, chrono::Utc::now())
+            let all = self
+                .recorded(store)
                 .await
-                .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-            if let Some(event) = all.into_iter().find(|e| e.id.as_str() == name) {
+                .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
+            if let Some(event) = by_id(all) {
                 return Ok(event);
             }
         }
         Err(error(
             StatusCode::NOT_FOUND,
-            format!("no example event `{name}` (rules/tests/events/{name}.json) and no recorded event with that id"),
+            format!(
+                "no example event `{name}` (rules/tests/events/{name}.json) and no pasted or recorded event with that id"
+            ),
         ))
+    }
+
+    /// The example events, in the order of their names (those that decode).
+    fn example_events(&self) -> Vec<Event> {
+        let dir = self.rules_dir.join("tests/events");
+        self.examples()
+            .iter()
+            .filter_map(|name| read_event(&dir.join(format!("{name}.json"))).ok())
+            .collect()
+    }
+
+    /// The archive's events, oldest first.
+    async fn recorded(&self, store: &Arc<dyn Store>) -> Result<Vec<Event>, String> {
+        store
+            .archived(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH, chrono::Utc::now())
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -211,12 +318,16 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/api/explain", get(explain))
         .route("/api/test-send", axum::routing::post(test_send))
         .route("/api/locales", get(locales))
+        .route("/api/changes", get(changes))
+        .route("/api/events", axum::routing::post(paste))
         .with_state(console)
 }
 
-/// Serves the console on `addr` until the process is stopped.
-pub async fn serve(settings: &Settings, addr: &str) -> Result<(), String> {
-    let console = Arc::new(Console::new(settings).await?);
+/// Serves the console on `addr` until the process is stopped; "what would
+/// change" compares with `against` (rules, templates), else the files as they
+/// were at start.
+pub async fn serve(settings: &Settings, addr: &str, against: Option<(PathBuf, PathBuf)>) -> Result<(), String> {
+    let console = Arc::new(Console::new(settings, against).await?);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("console: cannot listen on {addr}: {e}"))?;
@@ -374,7 +485,16 @@ async fn locales(State(c): State<Arc<Console>>) -> Response {
             json!({"template": name, "locales": cells})
         })
         .collect();
-    Json(json!({"locales": locales, "templates": grid})).into_response()
+    let dir = &c.working.templates_dir;
+    let gaps: Vec<String> = crate::render::source::read_tree(dir)
+        .map(|tree| {
+            crate::render::source::gaps(dir, &tree)
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    Json(json!({"locales": locales, "templates": grid, "warnings": gaps})).into_response()
 }
 
 #[derive(Deserialize)]
@@ -384,6 +504,8 @@ struct PreviewQuery {
     event: String,
     locale: Option<String>,
     recipient: Option<String>,
+    /// `base`: with the base of "what would change" instead of the working copy.
+    set: Option<String>,
 }
 
 /// `GET /api/preview?notification=ID&event=NAME&locale=L&recipient=ADDR`.
@@ -396,8 +518,21 @@ async fn preview_json(State(c): State<Arc<Console>>, query: Result<Query<Preview
         Ok(w) => w,
         Err(response) => return response,
     };
+    let set = match q.set.as_deref() {
+        None | Some("working") => w.set,
+        Some("base") => match c.base() {
+            Ok((base, _)) => base,
+            Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        },
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("set is `working` or `base`, not `{other}`"),
+            );
+        }
+    };
     let ask = Ask::new(&q.notification, &w.event, q.recipient.as_deref(), q.locale.as_deref());
-    match preview(&w.set, &c.letterhead, &c.directory, &ask) {
+    match preview(&set, &c.letterhead, &c.directory, &ask) {
         Ok(p) => {
             let mut body = serde_json::to_value(p).unwrap_or_default();
             body["version"] = json!(w.version);
@@ -407,4 +542,98 @@ async fn preview_json(State(c): State<Arc<Console>>, query: Result<Query<Preview
         }
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
     }
+}
+
+/// `GET /api/changes`: "what would change". The working copy against the base
+/// (`--against`, else the files when the console started), both replayed
+/// through the worker's routing over the recorded events (the archive, when it
+/// has any) or else the examples: the deliveries added, removed and changed,
+/// grouped by notification.
+async fn changes(State(c): State<Arc<Console>>) -> Response {
+    let (set, broken, version) = c.current();
+    let Some(set) = set else {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, broken.unwrap_or_default());
+    };
+    let (base, against) = match c.base() {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
+    };
+    let recorded = match &c.store {
+        Some(store) => match c.recorded(store).await {
+            Ok(events) => events,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+        },
+        None => Vec::new(),
+    };
+    let (events, source) = if recorded.is_empty() {
+        (c.example_events(), "examples")
+    } else {
+        (recorded, "recorded")
+    };
+    let directory = c.directory.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        fn engine(s: &ServingSet) -> Engine<'_> {
+            Engine {
+                rules: &s.rules,
+                templates: Some(&s.templates),
+            }
+        }
+        let (from, _) = replay(&engine(&base), directory.clone(), &events);
+        let (to, duplicates) = replay(&engine(&set), directory, &events);
+        let d = diff(events.len() - duplicates, &from, &to);
+        (d, set)
+    });
+    let Ok((d, set)) = work.await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the replay failed".into());
+    };
+    let mut groups: std::collections::BTreeMap<String, serde_json::Value> = std::collections::BTreeMap::new();
+    let rows = d.added.iter().map(|r| ("added", &r.notification, json!(r)));
+    let rows = rows.chain(d.removed.iter().map(|r| ("removed", &r.notification, json!(r))));
+    let rows = rows.chain(d.changed.iter().map(|r| ("changed", &r.notification, json!(r))));
+    for (kind, notification, row) in rows {
+        let group = groups.entry(notification.clone()).or_insert_with(|| {
+            let title = set.rules.notifications.get(notification).map(|n| n.title.clone());
+            json!({"notification": notification, "title": title, "added": [], "removed": [], "changed": []})
+        });
+        if let Some(list) = group[kind].as_array_mut() {
+            list.push(row);
+        }
+    }
+    Json(json!({
+        "against": against,
+        "source": source,
+        "events": d.events,
+        "summary": d.summary,
+        "notifications": groups.into_values().collect::<Vec<_>>(),
+        "version": version,
+        "error": broken,
+    }))
+    .into_response()
+}
+
+/// `POST /api/events` with one event's JSON, as it would come from the broker:
+/// kept (in memory) for previews under its id, which the answer gives with the
+/// notifications the rules send for it.
+async fn paste(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> Response {
+    let event = match crate::decode::decode_structured(&body) {
+        Ok(e) => e,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not an event: {e}")),
+    };
+    let mut notifications: Vec<String> = match c.current().0 {
+        Some(set) => crate::route::route(&event, &set.rules, &c.directory, &crate::route::MemoryState::new())
+            .deliveries
+            .into_iter()
+            .map(|d| d.notification)
+            .collect(),
+        None => Vec::new(),
+    };
+    notifications.dedup();
+    let answer = json!({"event": event.id, "type": event.event_type, "notifications": notifications});
+    let mut pasted = c.pasted.lock().unwrap_or_else(|e| e.into_inner());
+    pasted.retain(|e| e.id != event.id);
+    pasted.push(event);
+    if pasted.len() > PASTED {
+        pasted.remove(0);
+    }
+    Json(answer).into_response()
 }

@@ -163,15 +163,15 @@ fn choose(id: &str, value: &str) -> String {
 
 const SUBJECT: &str = "return document.getElementById('subject').textContent;";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_template_author_previews_edits_breaks_and_sees_the_phone_layout() {
-    let _gate = support::shared().await;
+/// A console on a copy of the shipped rules and templates (no store), and a
+/// browser on its page once the notifications are listed.
+async fn console_on_a_copy() -> (tempfile::TempDir, Child, String, Browser) {
     let copy = tempfile::tempdir().unwrap();
     fs::copy_dir(&support::root().join("rules"), &copy.path().join("rules"));
     fs::copy_dir(&support::root().join("templates"), &copy.path().join("templates"));
     let port = support::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut console = Command::new(env!("CARGO_BIN_EXE_referral-router"))
+    let console = Command::new(env!("CARGO_BIN_EXE_referral-router"))
         .args(["console", "--addr", &addr])
         .current_dir(copy.path())
         .env(
@@ -195,6 +195,13 @@ async fn a_template_author_previews_edits_breaks_and_sees_the_phone_layout() {
             "the notifications",
         )
         .await;
+    (copy, console, addr, browser)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_author_previews_edits_breaks_and_sees_the_phone_layout() {
+    let _gate = support::shared().await;
+    let (copy, mut console, _, browser) = console_on_a_copy().await;
 
     // Choose a notification and an event: its subject.
     browser.js(&choose("notification", "dealreg-review-selected")).await;
@@ -281,6 +288,148 @@ async fn a_template_author_previews_edits_breaks_and_sees_the_phone_layout() {
     let (scroll, client) = (widths[0].as_u64().unwrap(), widths[1].as_u64().unwrap());
     assert!((300..=375).contains(&client), "{widths}");
     assert!(scroll <= client, "the email scrolls sideways at 375 px: {widths}");
+    browser.close().await;
+    let _ = console.kill();
+    let _ = console.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_author_sees_what_an_edit_would_change_and_previews_a_pasted_event() {
+    let _gate = support::shared().await;
+    let (copy, mut console, _, browser) = console_on_a_copy().await;
+    let unchanged = browser
+        .wait_for(
+            "const t = document.getElementById('changes-summary').textContent; return t.includes('nothing would change') && t;",
+            "the first comparison",
+        )
+        .await;
+    assert!(
+        unchanged
+            .as_str()
+            .unwrap()
+            .contains("example events against the working copy when the console started"),
+        "{unchanged}"
+    );
+
+    // A new subject: every email of it changes, and one opens before and after.
+    let subject = copy.path().join("templates/dealreg-review-selected/en-US/subject.hbs");
+    let original = std::fs::read_to_string(&subject).unwrap();
+    std::fs::write(&subject, "Picked for review: \"{{data.referral.name}}\"\n").unwrap();
+    let changed = browser
+        .wait_for(
+            "const t = document.getElementById('changes-summary').textContent; return t.includes('changed') && !t.includes(' 0 changed') && t;",
+            "the changed subjects",
+        )
+        .await;
+    assert!(changed.as_str().unwrap().contains("0 added, 0 removed"), "{changed}");
+    let list = browser
+        .js("return document.getElementById('changes-list').textContent;")
+        .await;
+    let list = list.as_str().unwrap();
+    assert!(
+        list.contains("dealreg-review-selected") && list.contains("ben@fabrikam.example"),
+        "{list}"
+    );
+    assert!(
+        !list.contains("cosell-"),
+        "only the edited notification changed: {list}"
+    );
+    browser
+        .js("document.querySelector('#changes tr.pick[data-kind=changed]').click(); return true;")
+        .await;
+    let sides = browser
+        .wait_for(
+            "const b = document.getElementById('before-subject').textContent, a = document.getElementById('after-subject').textContent; \
+             return a.startsWith('Picked') && [b, a];",
+            "the email before and after",
+        )
+        .await;
+    assert_eq!(
+        sides,
+        json!([
+            "Deal registration for \"Contoso data platform migration\" was selected for review",
+            "Picked for review: \"Contoso data platform migration\""
+        ])
+    );
+
+    // Back to the shipped subject, and a routing change instead: partner-led
+    // deals picked for review are no longer announced.
+    std::fs::write(&subject, original).unwrap();
+    browser
+        .wait_for(
+            "const t = document.getElementById('changes-summary').textContent; return t.includes('nothing would change') && t;",
+            "the subject restored",
+        )
+        .await;
+    let rules = copy.path().join("rules/dealreg.yaml");
+    let mut text = std::fs::read_to_string(&rules).unwrap();
+    text.push_str(
+        "\n  - id: quiet-review-for-partner-led\n    on: [dealreg.review_selected]\n    when:\n      \
+         data.referral.deal_type: { equals: partner_led }\n    suppress: [dealreg-review-selected]\n",
+    );
+    std::fs::write(&rules, text).unwrap();
+    let suppressed = browser
+        .wait_for(
+            "const t = document.getElementById('changes-list').textContent; return t.includes('send → suppress') && t;",
+            "the suppressed deliveries",
+        )
+        .await;
+    let suppressed = suppressed.as_str().unwrap();
+    assert!(
+        suppressed.contains("ben@fabrikam.example") && suppressed.contains("amy@fabrikam.example"),
+        "{suppressed}"
+    );
+    let summary = browser
+        .js("return document.getElementById('changes-summary').textContent;")
+        .await;
+    assert!(
+        summary.as_str().unwrap().contains("0 added, 0 removed, 2 changed"),
+        "{summary}"
+    );
+
+    // A pasted event: previewed as if it had come from the broker.
+    let example =
+        std::fs::read_to_string(copy.path().join("rules/tests/events/cosell.opportunity.accepted.json")).unwrap();
+    let pasted = example
+        .replacen("\"id\": \"evt-", "\"id\": \"pasted-", 1)
+        .replace("Contoso data platform migration", "Pasted platform deal");
+    let script = format!(
+        "document.getElementById('paste').open = true; \
+         document.getElementById('pasted-json').value = {}; \
+         document.getElementById('use-pasted').click(); return true;",
+        serde_json::to_string(&pasted).unwrap()
+    );
+    browser.js(&script).await;
+    let subject = browser
+        .wait_for(
+            "const t = document.getElementById('subject').textContent; return t.includes('Pasted platform deal') && t;",
+            "the pasted event's subject",
+        )
+        .await;
+    assert!(subject.as_str().unwrap().contains("Pasted platform deal"), "{subject}");
+    let said = browser
+        .js("return document.getElementById('pasted').textContent;")
+        .await;
+    assert!(
+        said.as_str()
+            .unwrap()
+            .contains("the rules send cosell-outgoing-accepted"),
+        "{said}"
+    );
+
+    // Not an event: said so, and the preview stays.
+    browser
+        .js("document.getElementById('pasted-json').value = '{\"id\": 1}'; \
+             document.getElementById('use-pasted').click(); return true;")
+        .await;
+    let refused = browser
+        .wait_for(
+            "const t = document.getElementById('pasted').textContent; return t.startsWith('not an event') && t;",
+            "the refusal",
+        )
+        .await;
+    assert!(refused.as_str().unwrap().starts_with("not an event"), "{refused}");
+    assert_eq!(browser.js(SUBJECT).await, subject);
     browser.close().await;
     let _ = console.kill();
     let _ = console.wait();

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::{self, Backend, example, http, http_body, on_both_backends};
 
@@ -101,6 +101,40 @@ async fn the_console_preview_is_the_message_the_worker_sent_but_for_its_date(bac
         .await
         .unwrap();
     assert_eq!(status, 400);
+
+    // "What would change" over what the store recorded (the directory the
+    // worker was given, then the event sent above), and nothing changed since
+    // the console started.
+    let (status, body) = http(&addr, "GET", "/api/changes", None).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let changes: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(changes["source"], "recorded", "{body}");
+    assert!(changes["events"].as_u64().unwrap() > 1, "{body}");
+    assert_eq!(
+        changes["summary"],
+        json!({"added": 0, "removed": 0, "changed": 0}),
+        "{body}"
+    );
+    // The recorded event by its id, previewed with the base as well.
+    let path =
+        "/api/preview?notification=dealreg-review-selected&event=evt-2003&recipient=ben@fabrikam.example&set=base";
+    let (status, body) = http(&addr, "GET", path, None).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = http(&addr, "GET", &path.replace("set=base", "set=other"), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    let (status, body) = http_body(
+        &addr,
+        "POST",
+        "/api/events",
+        None,
+        Some(("application/json", b"[1, 2]")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not an event"), "{body}");
     let _ = console.kill();
     let _ = console.wait();
     broker.cleanup().await;
