@@ -4,7 +4,7 @@
 //! copy of the partner directory. This in-memory form is what routing reads;
 //! the store persists the events that build it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
@@ -61,6 +61,9 @@ pub struct Directory {
     partners: HashMap<PartnerId, Partner>,
     users: BTreeMap<(PartnerId, UserId), User>,
     contacts: HashMap<(PartnerId, LocationId), ProfileContact>,
+    /// The users with each email address (ignoring case), in `users` order:
+    /// routing looks a recipient up by address for every delivery.
+    by_email: HashMap<EmailAddress, BTreeSet<(PartnerId, UserId)>>,
     /// Recipients' choices, read with the directory so routing sees both as of one moment.
     pub preferences: Preferences,
 }
@@ -96,10 +99,17 @@ impl Directory {
                     time_zone: u.user.time_zone.clone(),
                     roles: u.roles.clone(),
                 };
-                self.users.insert((u.partner_id.clone(), u.user.user_id.clone()), user);
+                let key = (u.partner_id.clone(), u.user.user_id.clone());
+                self.by_email.entry(user.email.clone()).or_default().insert(key.clone());
+                if let Some(before) = self.users.insert(key.clone(), user) {
+                    self.forget_email(&before.email, &key, Some(&u.user.email));
+                }
             }
             DirectoryChange::UserRemoved(u) => {
-                self.users.remove(&(u.partner_id.clone(), u.user_id.clone()));
+                let key = (u.partner_id.clone(), u.user_id.clone());
+                if let Some(before) = self.users.remove(&key) {
+                    self.forget_email(&before.email, &key, None);
+                }
             }
             DirectoryChange::ProfileContactSet(c) => {
                 self.contacts
@@ -121,6 +131,19 @@ impl Directory {
     pub fn users(&self) -> impl Iterator<Item = &User> {
         self.users.values()
     }
+
+    /// Drops `key` from the index under `old`, unless the user still has that address (`now`).
+    fn forget_email(&mut self, old: &EmailAddress, key: &(PartnerId, UserId), now: Option<&EmailAddress>) {
+        if now == Some(old) {
+            return;
+        }
+        if let Some(keys) = self.by_email.get_mut(old) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_email.remove(old);
+            }
+        }
+    }
 }
 
 impl DirectoryView for Directory {
@@ -129,9 +152,12 @@ impl DirectoryView for Directory {
     }
 
     fn holders(&self, partner: &PartnerId, role: Role, location: Option<&LocationId>) -> Vec<&User> {
+        // The partner's users are one run of the map, from its smallest key.
         self.users
-            .values()
-            .filter(|u| &u.partner_id == partner && u.holds(role, location))
+            .range((partner.clone(), UserId::new(String::new()))..)
+            .take_while(|((p, _), _)| p == partner)
+            .map(|(_, u)| u)
+            .filter(|u| u.holds(role, location))
             .collect()
     }
 
@@ -140,7 +166,8 @@ impl DirectoryView for Directory {
     }
 
     fn user_by_email(&self, email: &EmailAddress) -> Option<&User> {
-        self.users.values().find(|u| &u.email == email)
+        let first = self.by_email.get(email)?.first()?;
+        self.users.get(first)
     }
 
     fn wants(&self, email: &EmailAddress, notification: &str, category: Option<&str>, channel: Channel) -> bool {
@@ -221,5 +248,31 @@ mod tests {
             "time": "2026-11-01T00:00:00Z", "data": {"partner_id": "fabrikam", "user_id": "a"}
         })));
         assert!(dir.users().next().is_none());
+        assert!(
+            dir.user_by_email(&EmailAddress::parse("a@f.example").unwrap())
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_user_is_found_by_their_current_address_only() {
+        let mut dir = Directory::new();
+        let roles = serde_json::json!([{"role": "referral_admin", "location_id": null}]);
+        dir.apply(&upsert("b", "shared@f.example", roles.clone()));
+        dir.apply(&upsert("a", "old@f.example", roles.clone()));
+        dir.apply(&upsert("a", "Shared@F.example", roles.clone()));
+        fn find(dir: &Directory, e: &str) -> Option<String> {
+            dir.user_by_email(&EmailAddress::parse(e).unwrap())
+                .map(|u| u.user_id.to_string())
+        }
+        assert_eq!(find(&dir, "old@f.example"), None);
+        // Two users with one address: the first by user id, as a scan of the directory finds.
+        assert_eq!(find(&dir, "shared@f.example").as_deref(), Some("a"));
+        dir.apply(&upsert("a", "new@f.example", roles));
+        assert_eq!(find(&dir, "shared@f.example").as_deref(), Some("b"));
+        assert_eq!(find(&dir, "NEW@f.example").as_deref(), Some("a"));
+        // Another partner's users are not this one's holders.
+        let other = PartnerId::new("fabrikam-other");
+        assert!(dir.holders(&other, Role::ReferralAdmin, None).is_empty());
     }
 }

@@ -13,6 +13,9 @@ use referral_router::decode;
 use referral_router::route::{RuleSet, route};
 use referral_router::telemetry;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "referral-router",

@@ -3,7 +3,8 @@
 //! the changes any worker recorded.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use crate::directory::Directory;
 use crate::store::{DirectoryStore, StoreError};
@@ -15,11 +16,18 @@ pub struct DirectoryCache {
     preferences_seq: AtomicI64,
     /// Serialises applying changes, so they apply in sequence order.
     applying: tokio::sync::Mutex<()>,
+    /// The store's change hint when it was last asked, and when.
+    asked: Mutex<Option<(u64, Instant)>>,
 }
+
+/// How long a store that counts its own changes is trusted without asking it:
+/// what another process (a CLI) wrote to an SQLite file shows within this.
+const TRUSTED: Duration = Duration::from_secs(1);
 
 impl DirectoryCache {
     /// The whole directory the store holds, with every recipient's preferences.
     pub async fn load(store: &dyn DirectoryStore) -> Result<Self, StoreError> {
+        let hint = store.change_hint();
         let changes = store.directory_changes(0).await?;
         let preferences = store.preference_changes(0).await?;
         let mut directory = Directory::from_events(&changes.events);
@@ -31,6 +39,7 @@ impl DirectoryCache {
             seq: AtomicI64::new(changes.seq),
             preferences_seq: AtomicI64::new(preferences.seq),
             applying: tokio::sync::Mutex::new(()),
+            asked: Mutex::new(hint.map(|h| (h, Instant::now()))),
         })
     }
 
@@ -45,8 +54,25 @@ impl DirectoryCache {
     }
 
     /// Applies the directory and preference changes any worker recorded since
-    /// the last call. Two indexed queries that usually return nothing, so it runs per event.
+    /// the last call. Two indexed queries that usually return nothing, so it
+    /// runs per event; skipped while the store says it changed nothing.
     pub async fn refresh(&self, store: &dyn DirectoryStore) -> Result<(), StoreError> {
+        // Taken before reading, so a change committed meanwhile is read next time.
+        let hint = store.change_hint();
+        if let Some(hint) = hint {
+            let asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+            if matches!(*asked, Some((before, at)) if before == hint && at.elapsed() < TRUSTED) {
+                return Ok(());
+            }
+        }
+        self.read_changes(store).await?;
+        if let Some(hint) = hint {
+            *self.asked.lock().unwrap_or_else(|e| e.into_inner()) = Some((hint, Instant::now()));
+        }
+        Ok(())
+    }
+
+    async fn read_changes(&self, store: &dyn DirectoryStore) -> Result<(), StoreError> {
         let (seen, seen_preferences) = (
             self.seq.load(Ordering::Acquire),
             self.preferences_seq.load(Ordering::Acquire),

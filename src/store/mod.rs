@@ -29,6 +29,9 @@ pub use sqlite::SqliteStore;
 pub enum StoreError {
     #[error("store: {0}")]
     Database(#[from] sqlx::Error),
+    /// The embedded store's hot path, run on the connection's handle directly.
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("store: migrating: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A file beside the database (the SQLite sent journal, its folder).
@@ -296,6 +299,14 @@ pub trait DirectoryStore: Send + Sync {
 
     /// Records recipients' choices, in order, in one transaction.
     async fn record_preferences(&self, changes: &[crate::preferences::PreferenceChange]) -> Result<(), StoreError>;
+
+    /// A number that changes whenever this process commits a directory or
+    /// preference change, for a store only this process writes to (SQLite):
+    /// while it stands still, there is nothing new to read. `None` (any
+    /// worker may write: PostgreSQL): ask the store every time.
+    fn change_hint(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Events: admission, the claims on their deliveries, and what became of each.

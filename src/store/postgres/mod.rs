@@ -10,11 +10,9 @@ use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+mod admission;
 mod admit;
 // Written once for both backends and compiled into each with its own `dialect`.
-#[allow(clippy::duplicate_mod)]
-#[path = "../sql/admission.rs"]
-mod admission;
 #[allow(clippy::duplicate_mod)]
 #[path = "../sql/digests.rs"]
 mod digests;
@@ -41,6 +39,14 @@ impl PgStore {
 
     fn write_pool(&self) -> &dialect::Pool {
         &self.pool
+    }
+
+    /// Any worker may write: nothing to count here.
+    fn directory_written(&self) {}
+
+    /// Any worker may write: the cache asks the store every time.
+    fn hint(&self) -> Option<u64> {
+        None
     }
 }
 

@@ -45,7 +45,13 @@ impl DirectoryStore for Backend {
     }
 
     async fn record_preferences(&self, changes: &[PreferenceChange]) -> Result<(), StoreError> {
-        preferences::record(self.write_pool(), changes, Utc::now()).await
+        preferences::record(self.write_pool(), changes, Utc::now()).await?;
+        self.directory_written();
+        Ok(())
+    }
+
+    fn change_hint(&self) -> Option<u64> {
+        self.hint()
     }
 }
 
