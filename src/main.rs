@@ -13,9 +13,6 @@ use referral_router::decode;
 use referral_router::route::{RuleSet, route};
 use referral_router::telemetry;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "referral-router",

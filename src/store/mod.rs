@@ -29,9 +29,6 @@ pub use sqlite::SqliteStore;
 pub enum StoreError {
     #[error("store: {0}")]
     Database(#[from] sqlx::Error),
-    /// The embedded store's hot path, run on the connection's handle directly.
-    #[error("store: {0}")]
-    Sqlite(#[from] rusqlite::Error),
     #[error("store: migrating: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A file beside the database (the SQLite sent journal, its folder).

@@ -10,9 +10,11 @@ use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-mod admission;
 mod admit;
 // Written once for both backends and compiled into each with its own `dialect`.
+#[allow(clippy::duplicate_mod)]
+#[path = "../sql/admission.rs"]
+mod admission;
 #[allow(clippy::duplicate_mod)]
 #[path = "../sql/digests.rs"]
 mod digests;

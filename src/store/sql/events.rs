@@ -90,6 +90,22 @@ pub async fn event_record(pool: &Pool, event_id: &str) -> Result<EventRecord, St
     })
 }
 
+/// Keeps the event's body in the archive (inside the admission transaction).
+pub async fn archive(conn: &mut super::dialect::Conn, event: &Event, now: DateTime<Utc>) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO archive (event_id, event_type, event_time, received_at, event_json)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(event.id.as_str())
+    .bind(event.event_type.as_str())
+    .bind(stamp(event.time))
+    .bind(stamp(now))
+    .bind(record::cloudevent_json(event))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Forgets archived events received before `before`; how many.
 pub async fn prune_archive(pool: &Pool, before: DateTime<Utc>) -> Result<u64, StoreError> {
     let done = sqlx::query("DELETE FROM archive WHERE received_at < $1")

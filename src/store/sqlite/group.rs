@@ -104,17 +104,6 @@ impl Write<'_> {
         self.guard.tx.as_mut().expect("a write always has an open batch")
     }
 
-    /// Runs `work` on the connection's SQLite handle, taken from sqlx's worker
-    /// thread once for all its statements, in a savepoint of its own: kept if
-    /// `work` succeeds, undone if it fails or panics. `work` cannot await, so
-    /// nothing can abandon it halfway.
-    pub async fn run<R>(
-        &mut self,
-        work: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
-        on_handle(self.conn(), work).await
-    }
-
     /// Keeps the write and waits until its batch is committed (durable).
     pub async fn commit(mut self) -> Result<(), StoreError> {
         if self.savepoint {
@@ -182,34 +171,5 @@ async fn commit_batches(inner: Weak<Inner>, mut wake: mpsc::Receiver<()>) {
         };
         let result = tx.commit().await.map_err(|e| e.to_string());
         outcome.send_replace(Some(result));
-    }
-}
-
-/// Runs `work` on `conn`'s SQLite handle, taken from sqlx's worker thread once
-/// for all its statements (one hand-off instead of one per statement), in a
-/// savepoint of its own: kept if `work` succeeds, undone if it fails or panics.
-/// `work` cannot await, so nothing can abandon it halfway.
-#[allow(unsafe_code)]
-pub async fn on_handle<R>(
-    conn: &mut SqliteConnection,
-    work: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
-) -> Result<R, StoreError> {
-    let mut handle = conn.lock_handle().await?;
-    // SAFETY: `lock_handle` keeps sqlx's worker thread off the handle while
-    // `handle` lives, and `handle` outlives `direct`; a connection made with
-    // `from_handle` never closes the handle, and its statements are finalized
-    // when it is dropped, before the lock is given back.
-    let direct = unsafe { rusqlite::Connection::from_handle(handle.as_raw_handle().as_ptr()) }?;
-    direct.execute_batch("SAVEPOINT direct")?;
-    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&direct)));
-    if !matches!(done, Ok(Ok(_))) {
-        direct.execute_batch("ROLLBACK TO SAVEPOINT direct")?;
-    }
-    direct.execute_batch("RELEASE SAVEPOINT direct")?;
-    drop(direct);
-    drop(handle);
-    match done {
-        Ok(result) => result,
-        Err(panic) => std::panic::resume_unwind(panic),
     }
 }

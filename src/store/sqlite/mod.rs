@@ -17,6 +17,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 mod admit;
 // Written once for both backends and compiled into each with its own `dialect`.
 #[allow(clippy::duplicate_mod)]
+#[path = "../sql/admission.rs"]
+mod admission;
+#[allow(clippy::duplicate_mod)]
 #[path = "../sql/digests.rs"]
 mod digests;
 #[allow(clippy::duplicate_mod)]
@@ -161,7 +164,7 @@ impl SqliteStore {
         } else {
             let (journal, leftover) = journal::Journal::open(std::path::Path::new(path))?;
             let mut tx = writer.begin().await?;
-            group::on_handle(&mut tx, |c| mark_lines_sent_on(c, &leftover)).await?;
+            mark_lines_sent(&mut tx, &leftover).await?;
             tx.commit().await?;
             journal.applied()?;
             Some(journal)
@@ -269,7 +272,7 @@ impl EventStore for SqliteStore {
         let lines = self.take_lines(event_id);
         let result = async {
             let mut tx = self.group.begin().await?;
-            tx.run(|c| mark_lines_sent_on(c, &lines)).await?;
+            mark_lines_sent(tx.conn(), &lines).await?;
             sqlx::query(
                 "UPDATE notification_log SET owner = NULL, claim_until = NULL
                  WHERE event_id = ? AND owner = ? AND status = 'pending'",
@@ -297,13 +300,16 @@ impl EventStore for SqliteStore {
             self.keep_lines(event_id, vec![line]);
             return Ok(());
         }
-        let line = journal::Line {
-            log_id,
-            message_id: message_id.map(str::to_string),
-            file: 0,
-        };
         let mut tx = self.group.begin_statement().await?;
-        tx.run(|c| mark_lines_sent_on(c, &[line])).await?;
+        mark_lines_sent(
+            tx.conn(),
+            &[journal::Line {
+                log_id,
+                message_id: message_id.map(str::to_string),
+                file: 0,
+            }],
+        )
+        .await?;
         tx.commit().await
     }
 
@@ -326,21 +332,21 @@ impl EventStore for SqliteStore {
     async fn complete(&self, event_id: &str) -> Result<bool, StoreError> {
         let lines = self.take_lines(event_id);
         let result = async {
-            // One hand-off for both; lines not committed stay in the journal for the next try.
+            // No savepoint: each statement stands on its own (what was sent, was sent).
             let mut tx = self.group.begin_statement().await?;
-            let done = tx
-                .run(|c| {
-                    mark_lines_sent_on(c, &lines)?;
-                    Ok(c.prepare(
-                        "UPDATE events SET completed_at = COALESCE(completed_at, ?1), owner = NULL, lease_until = NULL
-                         WHERE event_id = ?2
-                           AND NOT EXISTS (SELECT 1 FROM notification_log WHERE event_id = ?2 AND status = 'pending')",
-                    )?
-                    .execute(rusqlite::params![now(), event_id])?)
-                })
-                .await?;
+            mark_lines_sent(tx.conn(), &lines).await?;
+            let done = sqlx::query(
+                "UPDATE events SET completed_at = COALESCE(completed_at, ?), owner = NULL, lease_until = NULL
+                 WHERE event_id = ?
+                   AND NOT EXISTS (SELECT 1 FROM notification_log WHERE event_id = ? AND status = 'pending')",
+            )
+            .bind(now())
+            .bind(event_id)
+            .bind(event_id)
+            .execute(tx.conn())
+            .await?;
             tx.commit().await?;
-            Ok(done == 1)
+            Ok(done.rows_affected() == 1)
         }
         .await;
         self.settle_lines(event_id, lines, result.is_ok());
@@ -383,24 +389,29 @@ impl EntryStore for SqliteStore {
 
 /// Records deliveries as sent (those still pending: a line applied twice
 /// changes nothing), in one statement per few hundred lines.
-fn mark_lines_sent_on(conn: &rusqlite::Connection, lines: &[journal::Line]) -> Result<(), StoreError> {
-    use rusqlite::types::Value;
+async fn mark_lines_sent(conn: &mut sqlx::SqliteConnection, lines: &[journal::Line]) -> Result<(), StoreError> {
     let now = now();
     for chunk in lines.chunks(record::ROWS_PER_STATEMENT) {
-        let mut sql = String::from("UPDATE notification_log SET status = 'sent', message_id = CASE id");
-        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 3 + 1);
+        let mut update = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "UPDATE notification_log SET status = 'sent', message_id = CASE id",
+        );
         for line in chunk {
-            sql.push_str(" WHEN ? THEN ?");
-            values.push(Value::Integer(line.log_id));
-            values.push(line.message_id.clone().map_or(Value::Null, Value::Text));
+            update
+                .push(" WHEN ")
+                .push_bind(line.log_id)
+                .push(" THEN ")
+                .push_bind(line.message_id.as_deref());
         }
-        sql.push_str(" END, error = NULL, attempts = attempts + 1, owner = NULL, claim_until = NULL, updated_at = ?");
-        values.push(Value::Text(now.clone()));
-        sql.push_str(" WHERE status = 'pending' AND id IN (");
-        sql.push_str(&vec!["?"; chunk.len()].join(", "));
-        sql.push(')');
-        values.extend(chunk.iter().map(|line| Value::Integer(line.log_id)));
-        conn.prepare(&sql)?.execute(rusqlite::params_from_iter(values))?;
+        update
+            .push(" END, error = NULL, attempts = attempts + 1, owner = NULL, claim_until = NULL, updated_at = ")
+            .push_bind(&now)
+            .push(" WHERE status = 'pending' AND id IN (");
+        let mut ids = update.separated(", ");
+        for line in chunk {
+            ids.push_bind(line.log_id);
+        }
+        update.push(")");
+        update.build().execute(&mut *conn).await?;
     }
     Ok(())
 }

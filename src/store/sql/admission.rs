@@ -1,8 +1,7 @@
-//! The parts of admission in PostgreSQL: counting an event under its digest
-//! counters, applying its directory change, recording the state its rules ask
-//! for, archiving it, and logging its planned deliveries. Each runs inside the
-//! caller's admission transaction. SQLite runs the same statements as one
-//! operation on its connection's handle (`store/sqlite/admit.rs`).
+//! The parts of admission both stores write the same way: counting an event
+//! under its digest counters, applying its directory change, recording the
+//! state its rules ask for, and logging its planned deliveries. Each runs inside the caller's admission
+//! transaction; compiled into each backend with its `dialect`.
 
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row};
@@ -147,21 +146,5 @@ pub async fn log_deliveries(
         });
         insert.build().execute(&mut *conn).await?;
     }
-    Ok(())
-}
-
-/// Keeps the event's body in the archive (inside the admission transaction).
-pub async fn archive(conn: &mut Conn, event: &Event, now: DateTime<Utc>) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO archive (event_id, event_type, event_time, received_at, event_json)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(event.id.as_str())
-    .bind(event.event_type.as_str())
-    .bind(stamp(event.time))
-    .bind(stamp(now))
-    .bind(record::cloudevent_json(event))
-    .execute(&mut *conn)
-    .await?;
     Ok(())
 }
