@@ -239,6 +239,12 @@ impl Console {
         ))
     }
 
+    /// What routing plans for `event` with `set`, against the console's
+    /// directory and no stored state (as `explain` does).
+    fn plan(&self, set: &ServingSet, event: &Event) -> crate::route::Plan {
+        crate::route::route(event, &set.rules, &self.directory, &crate::route::MemoryState::new())
+    }
+
     /// The example events, in the order of their names (those that decode).
     fn example_events(&self) -> Vec<Event> {
         let dir = self.rules_dir.join("tests/events");
@@ -305,6 +311,13 @@ fn newest<'a>(dirs: impl IntoIterator<Item = &'a PathBuf>) -> Option<SystemTime>
     out
 }
 
+/// A request's query, or the 400 saying what is wrong with it.
+fn parsed<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Box<Response>> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.body_text())))
+}
+
 fn error(status: StatusCode, why: String) -> Response {
     (status, Json(json!({"error": why}))).into_response()
 }
@@ -350,7 +363,7 @@ async fn catalogue(State(c): State<Arc<Console>>) -> Response {
             let mut routed = Vec::new();
             for name in c.examples() {
                 if let Ok(event) = c.event(&name).await {
-                    let plan = crate::route::route(&event, &s.rules, &c.directory, &crate::route::MemoryState::new());
+                    let plan = c.plan(s, &event);
                     routed.push((name, plan.deliveries.into_iter().map(|d| d.notification).collect()));
                 }
             }
@@ -394,15 +407,15 @@ struct EventQuery {
 /// delivery with its deciding rules, and for every rule of the event's type
 /// whether it matched, or the first condition that failed with the value seen.
 async fn explain(State(c): State<Arc<Console>>, query: Result<Query<EventQuery>, QueryRejection>) -> Response {
-    let Query(q) = match query {
+    let q = match parsed(query) {
         Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(response) => return *response,
     };
     let w = match c.working(&q.event).await {
         Ok(w) => w,
         Err(response) => return response,
     };
-    let plan = crate::route::route(&w.event, &w.set.rules, &c.directory, &crate::route::MemoryState::new());
+    let plan = c.plan(&w.set, &w.event);
     Json(json!({"event": w.event.id, "type": w.event.event_type, "plan": plan, "error": w.broken})).into_response()
 }
 
@@ -510,9 +523,9 @@ struct PreviewQuery {
 
 /// `GET /api/preview?notification=ID&event=NAME&locale=L&recipient=ADDR`.
 async fn preview_json(State(c): State<Arc<Console>>, query: Result<Query<PreviewQuery>, QueryRejection>) -> Response {
-    let Query(q) = match query {
+    let q = match parsed(query) {
         Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(response) => return *response,
     };
     let w = match c.working(&q.event).await {
         Ok(w) => w,
@@ -619,15 +632,15 @@ async fn paste(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> Respon
         Ok(e) => e,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("not an event: {e}")),
     };
-    let mut notifications: Vec<String> = match c.current().0 {
-        Some(set) => crate::route::route(&event, &set.rules, &c.directory, &crate::route::MemoryState::new())
-            .deliveries
-            .into_iter()
-            .map(|d| d.notification)
-            .collect(),
-        None => Vec::new(),
-    };
-    notifications.dedup();
+    let mut notifications: Vec<String> = Vec::new();
+    if let Some(set) = c.current().0 {
+        for d in c.plan(&set, &event).deliveries {
+            // Once each, though planned on two channels or for several people.
+            if !notifications.contains(&d.notification) {
+                notifications.push(d.notification);
+            }
+        }
+    }
     let answer = json!({"event": event.id, "type": event.event_type, "notifications": notifications});
     let mut pasted = c.pasted.lock().unwrap_or_else(|e| e.into_inner());
     pasted.retain(|e| e.id != event.id);
