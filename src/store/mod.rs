@@ -29,6 +29,8 @@ pub use sqlite::SqliteStore;
 pub enum StoreError {
     #[error("store: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("store: migrating: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A file beside the database (the SQLite sent journal, its folder).

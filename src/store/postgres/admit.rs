@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::{Postgres, Row, Transaction};
 
-use super::{PgStore, admission, events};
+use super::{PgStore, admission};
 use crate::event::Event;
 use crate::route::DigestKey;
 use crate::store::{Admission, OutboxItem, Planner, StoreError, StoredDelivery};
@@ -42,7 +42,7 @@ pub async fn admit(
     admission::apply_directory(&mut tx, event).await?;
     admission::apply_records(&mut tx, event, &plan.records).await?;
     if store.archive {
-        events::archive(&mut tx, event, chrono::Utc::now()).await?;
+        admission::archive(&mut tx, event, chrono::Utc::now()).await?;
     }
     admission::log_deliveries(&mut tx, event, &plan.deliveries, chrono::Utc::now()).await?;
     let items = claim_pending(&mut tx, store, id).await?;

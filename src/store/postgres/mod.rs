@@ -10,11 +10,9 @@ use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+mod admission;
 mod admit;
 // Written once for both backends and compiled into each with its own `dialect`.
-#[allow(clippy::duplicate_mod)]
-#[path = "../sql/admission.rs"]
-mod admission;
 #[allow(clippy::duplicate_mod)]
 #[path = "../sql/digests.rs"]
 mod digests;
@@ -41,6 +39,12 @@ impl PgStore {
 
     fn write_pool(&self) -> &dialect::Pool {
         &self.pool
+    }
+
+    /// Connections write side by side in PostgreSQL: nothing to wait for.
+    #[allow(clippy::unused_async)]
+    async fn write_turn(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// Any worker may write: nothing to count here.
@@ -247,11 +251,11 @@ impl EventStore for PgStore {
     }
 
     async fn mark_failed(&self, log_id: i64, error: &str) -> Result<(), StoreError> {
-        events::note(&mut *self.pool.acquire().await?, log_id, error, true).await
+        admission::note(&mut *self.pool.acquire().await?, log_id, error, true).await
     }
 
     async fn note_attempt(&self, log_id: i64, error: &str) -> Result<(), StoreError> {
-        events::note(&mut *self.pool.acquire().await?, log_id, error, false).await
+        admission::note(&mut *self.pool.acquire().await?, log_id, error, false).await
     }
 
     async fn complete(&self, event_id: &str) -> Result<bool, StoreError> {
@@ -270,7 +274,7 @@ impl EventStore for PgStore {
 #[async_trait]
 impl EntryStore for PgStore {
     async fn put_entry(&self, e: &ActionCenterEntry) -> Result<(), StoreError> {
-        entries::put(&self.pool, e).await
+        admission::put(&self.pool, e).await
     }
 
     async fn inbox(&self, user: &str, query: &InboxQuery<'_>) -> Result<InboxPage, StoreError> {

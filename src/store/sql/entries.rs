@@ -4,31 +4,8 @@
 
 use sqlx::Row;
 
-use super::dialect::{Db, DbRow, ENTRY_SEQ, Pool, Stamp, read_stamp, stamp};
+use super::dialect::{DbRow, ENTRY_SEQ, Pool, Stamp, read_stamp, stamp};
 use crate::store::{ActionCenterEntry, InboxCounts, InboxPage, InboxQuery, Mark, StoreError};
-
-pub async fn put<'c>(db: impl sqlx::Executor<'c, Database = Db>, e: &ActionCenterEntry) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO action_center (id, user_key, partner_id, event_id, notification, category, priority, title,
-               body, link, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(&e.id)
-    .bind(&e.user)
-    .bind(&e.partner_id)
-    .bind(&e.event_id)
-    .bind(&e.notification)
-    .bind(&e.category)
-    .bind(&e.priority)
-    .bind(&e.title)
-    .bind(&e.body)
-    .bind(&e.link)
-    .bind(stamp(e.created_at))
-    .bind(e.expires_at.map(stamp))
-    .execute(db)
-    .await?;
-    Ok(())
-}
 
 /// The columns of an entry, with its position as `seq`.
 fn columns() -> String {

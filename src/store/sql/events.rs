@@ -32,24 +32,6 @@ pub async fn state_for(pool: &Pool, event: &Event) -> Result<MemoryState, StoreE
     Ok(state)
 }
 
-/// Notes an error on a delivery's log row: a transient one (counted as an
-/// attempt), or, when `failed`, the reason it will never go out.
-pub async fn note(conn: &mut super::dialect::Conn, log_id: i64, error: &str, failed: bool) -> Result<(), StoreError> {
-    let sql = if failed {
-        "UPDATE notification_log SET status = 'failed', error = $1, attempts = attempts + 1, owner = NULL,
-           claim_until = NULL, updated_at = $2 WHERE id = $3"
-    } else {
-        "UPDATE notification_log SET error = $1, attempts = attempts + 1, updated_at = $2 WHERE id = $3"
-    };
-    sqlx::query(sql)
-        .bind(error)
-        .bind(stamp(Utc::now()))
-        .bind(log_id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
 pub async fn record_dead_letter(
     pool: &Pool,
     event_id: &str,
@@ -91,21 +73,6 @@ pub async fn event_record(pool: &Pool, event_id: &str) -> Result<EventRecord, St
 }
 
 /// Keeps the event's body in the archive (inside the admission transaction).
-pub async fn archive(conn: &mut super::dialect::Conn, event: &Event, now: DateTime<Utc>) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO archive (event_id, event_type, event_time, received_at, event_json)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(event.id.as_str())
-    .bind(event.event_type.as_str())
-    .bind(stamp(event.time))
-    .bind(stamp(now))
-    .bind(record::cloudevent_json(event))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 /// Forgets archived events received before `before`; how many.
 pub async fn prune_archive(pool: &Pool, before: DateTime<Utc>) -> Result<u64, StoreError> {
     let done = sqlx::query("DELETE FROM archive WHERE received_at < $1")

@@ -1,6 +1,6 @@
 //! The store traits whose SQL is the same on both backends, implemented once
-//! and compiled into each backend (`Backend`, with its `read_pool` and
-//! `write_pool`).
+//! and compiled into each backend (`Backend`, with its `read_pool`,
+//! `write_pool`, and `write_turn`: what a write off the hot path holds while it writes).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -45,6 +45,7 @@ impl DirectoryStore for Backend {
     }
 
     async fn record_preferences(&self, changes: &[PreferenceChange]) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await?;
         preferences::record(self.write_pool(), changes, Utc::now()).await?;
         self.directory_written();
         Ok(())
@@ -58,6 +59,7 @@ impl DirectoryStore for Backend {
 #[async_trait]
 impl DigestStore for Backend {
     async fn held_groups(&self) -> Result<Vec<HeldGroup>, StoreError> {
+        let _turn = self.write_turn().await?;
         digests::groups(self.write_pool()).await
     }
 
@@ -68,6 +70,7 @@ impl DigestStore for Backend {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Option<DigestClaim>, StoreError> {
+        let _turn = self.write_turn().await?;
         digests::claim(self.write_pool(), group, worker, now, lease_until).await
     }
 
@@ -77,6 +80,7 @@ impl DigestStore for Backend {
         worker: &str,
         lease_until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await?;
         digests::renew(self.write_pool(), digest_id, worker, lease_until).await
     }
 
@@ -86,6 +90,7 @@ impl DigestStore for Backend {
         outcome: &DigestOutcome<'_>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await?;
         digests::settle(self.write_pool(), digest_id, outcome, now).await
     }
 
@@ -95,6 +100,7 @@ impl DigestStore for Backend {
         items: &[(i64, Vec<String>)],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await?;
         digests::drop_held(self.write_pool(), digest_id, items, now).await
     }
 }
@@ -106,6 +112,7 @@ impl ArchiveStore for Backend {
     }
 
     async fn prune_archive(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await?;
         events::prune_archive(self.write_pool(), before).await
     }
 }
@@ -113,6 +120,7 @@ impl ArchiveStore for Backend {
 #[async_trait]
 impl LogStore for Backend {
     async fn record_dead_letter(&self, event_id: &str, reason: &str, detail: &str) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await?;
         events::record_dead_letter(self.write_pool(), event_id, reason, detail, Utc::now()).await
     }
 

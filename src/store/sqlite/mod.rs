@@ -1,9 +1,11 @@
-//! The embedded store: SQLite in WAL mode through sqlx, for one worker. One
-//! writer connection (SQLite allows one writer at a time; queueing in the pool
-//! beats `SQLITE_BUSY`) whose hot-path writes are group-committed (`group`),
-//! `store.max_connections` readers for the HTTP API, the directory and routing
-//! state, migrations at open. Leases work as in PostgreSQL, so the
-//! behaviour (and the test matrix) is the same on both.
+//! The embedded store: SQLite in WAL mode, for one worker. The writes of
+//! every event (admission, completion, Action Center entries) are whole
+//! operations on a writer thread of their own, group-committed (`writer`);
+//! the rarer writes (digests, preferences, inbox marks) go through one sqlx
+//! connection while that thread leaves it the database; `store.max_connections`
+//! sqlx readers serve the HTTP API, the directory and routing state.
+//! Migrations run at open. Leases work as in PostgreSQL, so the behaviour
+//! (and the test matrix) is the same on both.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -16,9 +18,6 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 mod admit;
 // Written once for both backends and compiled into each with its own `dialect`.
-#[allow(clippy::duplicate_mod)]
-#[path = "../sql/admission.rs"]
-mod admission;
 #[allow(clippy::duplicate_mod)]
 #[path = "../sql/digests.rs"]
 mod digests;
@@ -47,6 +46,11 @@ impl SqliteStore {
         &self.writer
     }
 
+    /// The sqlx writer may write while this is held: the writer thread leaves it the database.
+    async fn write_turn(&self) -> Result<writer::Paused, StoreError> {
+        self.hot.pause().await
+    }
+
     /// After a directory or preference change committed.
     fn directory_written(&self) {
         self.directory_writes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -57,8 +61,8 @@ impl SqliteStore {
         Some(self.directory_writes.load(std::sync::atomic::Ordering::Acquire))
     }
 }
-mod group;
 mod journal;
+mod writer;
 
 /// What the SQL written once for both stores (`store/sql/`) needs to know of
 /// SQLite: timestamps are RFC 3339 text, and the single writer connection
@@ -72,7 +76,6 @@ mod dialect {
     pub type Pool = sqlx::SqlitePool;
     pub type DbRow = sqlx::sqlite::SqliteRow;
     pub type Tx = sqlx::Transaction<'static, Db>;
-    pub type Conn = sqlx::SqliteConnection;
     pub type Int = i64;
     pub type Stamp = String;
     pub const FOR_UPDATE: &str = "";
@@ -87,24 +90,23 @@ mod dialect {
         super::parse_ts(&raw).unwrap_or_default()
     }
 
-    /// The writer is one connection: a claim has the group to itself.
+    /// One connection writes at a time: a claim has the group to itself.
     pub async fn lock_group(_tx: &mut Tx, _group: &HeldGroup) -> Result<bool, StoreError> {
         Ok(true)
     }
 }
 
 use super::{
-    ActionCenterEntry, Admission, EntryStore, EventStore, InboxCounts, InboxPage, InboxQuery, Mark, Planner,
-    StoreError, record,
+    ActionCenterEntry, Admission, EntryStore, EventStore, InboxCounts, InboxPage, InboxQuery, Mark, Planner, StoreError,
 };
 use crate::event::Event;
 use crate::route::{DigestKey, MemoryState};
 
 pub struct SqliteStore {
-    /// The one writer connection, for the writes off the hot path.
+    /// One sqlx connection for the writes off the hot path (see `write_turn`).
     writer: SqlitePool,
-    /// The same connection, for the writes of every event: batched into shared commits.
-    group: group::GroupWriter,
+    /// The writer thread, for the writes of every event: batched into shared commits.
+    hot: writer::Writer,
     reader: SqlitePool,
     /// Where sent deliveries are written down at once (none for an in-memory database).
     journal: Option<journal::Journal>,
@@ -153,32 +155,31 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
+        if path.is_empty() || path.starts_with(':') || url.contains("mode=memory") {
+            return Err(StoreError::Unsupported(format!(
+                "`{url}` is an in-memory database: the embedded store needs a file (sqlite://PATH)"
+            )));
+        }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
-        let journal = if path.is_empty() || path.starts_with(':') {
-            None
-        } else {
-            let (journal, leftover) = journal::Journal::open(std::path::Path::new(path))?;
-            let mut tx = writer.begin().await?;
-            mark_lines_sent(&mut tx, &leftover).await?;
-            tx.commit().await?;
-            journal.applied()?;
-            Some(journal)
-        };
+        let hot = writer::Writer::open(std::path::Path::new(path), Duration::from_secs(5))?;
+        let (journal, leftover) = journal::Journal::open(std::path::Path::new(path))?;
+        hot.run(move |conn| mark_lines_sent(conn, &leftover)).await?;
+        journal.applied()?;
         let reader = SqlitePoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(options.read_only(true))
             .await?;
         Ok(Self {
-            group: group::GroupWriter::new(writer.clone()),
+            hot,
             writer,
             reader,
-            journal,
+            journal: Some(journal),
             uncommitted: Mutex::default(),
             owner: super::worker_id(),
             lease: settings.lease,
@@ -238,57 +239,47 @@ impl EventStore for SqliteStore {
     }
 
     async fn claim_delivery(&self, log_id: i64) -> Result<bool, StoreError> {
-        let mut tx = self.group.begin().await?;
-        let (now, until) = (now(), self.lease_until());
-        let claimed = sqlx::query(
-            "UPDATE notification_log SET owner = ?, claim_until = ?
-             WHERE id = ? AND status = 'pending' AND (owner IS NULL OR owner = ? OR claim_until < ?)",
-        )
-        .bind(&self.owner)
-        .bind(&until)
-        .bind(log_id)
-        .bind(&self.owner)
-        .bind(&now)
-        .execute(tx.conn())
-        .await?
-        .rows_affected()
-            == 1;
-        if claimed {
-            sqlx::query(
-                "UPDATE events SET lease_until = ? WHERE owner = ?
-                   AND event_id = (SELECT event_id FROM notification_log WHERE id = ?)",
-            )
-            .bind(&until)
-            .bind(&self.owner)
-            .bind(log_id)
-            .execute(tx.conn())
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(claimed)
+        let (owner, until) = (self.owner.clone(), self.lease_until());
+        self.hot
+            .run(move |conn| {
+                let claimed = conn
+                    .prepare_cached(
+                        "UPDATE notification_log SET owner = ?1, claim_until = ?2
+                         WHERE id = ?3 AND status = 'pending' AND (owner IS NULL OR owner = ?1 OR claim_until < ?4)",
+                    )?
+                    .execute((&owner, &until, log_id, now()))?
+                    == 1;
+                if claimed {
+                    conn.prepare_cached(
+                        "UPDATE events SET lease_until = ?1 WHERE owner = ?2
+                           AND event_id = (SELECT event_id FROM notification_log WHERE id = ?3)",
+                    )?
+                    .execute((&until, &owner, log_id))?;
+                }
+                Ok(claimed)
+            })
+            .await
     }
 
     async fn release(&self, event_id: &str) -> Result<(), StoreError> {
         let lines = self.take_lines(event_id);
-        let result = async {
-            let mut tx = self.group.begin().await?;
-            mark_lines_sent(tx.conn(), &lines).await?;
-            sqlx::query(
-                "UPDATE notification_log SET owner = NULL, claim_until = NULL
-                 WHERE event_id = ? AND owner = ? AND status = 'pending'",
-            )
-            .bind(event_id)
-            .bind(&self.owner)
-            .execute(tx.conn())
-            .await?;
-            sqlx::query("UPDATE events SET owner = NULL, lease_until = NULL WHERE event_id = ? AND owner = ?")
-                .bind(event_id)
-                .bind(&self.owner)
-                .execute(tx.conn())
-                .await?;
-            tx.commit().await
-        }
-        .await;
+        let (id, owner, sent) = (event_id.to_string(), self.owner.clone(), lines.clone());
+        let result = self
+            .hot
+            .run(move |conn| {
+                mark_lines_sent(conn, &sent)?;
+                conn.prepare_cached(
+                    "UPDATE notification_log SET owner = NULL, claim_until = NULL
+                     WHERE event_id = ?1 AND owner = ?2 AND status = 'pending'",
+                )?
+                .execute((&id, &owner))?;
+                conn.prepare_cached(
+                    "UPDATE events SET owner = NULL, lease_until = NULL WHERE event_id = ?1 AND owner = ?2",
+                )?
+                .execute((&id, &owner))?;
+                Ok(())
+            })
+            .await;
         self.settle_lines(event_id, lines, result.is_ok());
         result
     }
@@ -300,17 +291,12 @@ impl EventStore for SqliteStore {
             self.keep_lines(event_id, vec![line]);
             return Ok(());
         }
-        let mut tx = self.group.begin_statement().await?;
-        mark_lines_sent(
-            tx.conn(),
-            &[journal::Line {
-                log_id,
-                message_id: message_id.map(str::to_string),
-                file: 0,
-            }],
-        )
-        .await?;
-        tx.commit().await
+        let line = journal::Line {
+            log_id,
+            message_id: message_id.map(str::to_string),
+            file: 0,
+        };
+        self.hot.run(move |conn| mark_lines_sent(conn, &[line])).await
     }
 
     async fn state_for(&self, event: &Event) -> Result<MemoryState, StoreError> {
@@ -318,48 +304,83 @@ impl EventStore for SqliteStore {
     }
 
     async fn mark_failed(&self, log_id: i64, error: &str) -> Result<(), StoreError> {
-        let mut tx = self.group.begin_statement().await?;
-        events::note(tx.conn(), log_id, error, true).await?;
-        tx.commit().await
+        self.note(log_id, error, true).await
     }
 
     async fn note_attempt(&self, log_id: i64, error: &str) -> Result<(), StoreError> {
-        let mut tx = self.group.begin_statement().await?;
-        events::note(tx.conn(), log_id, error, false).await?;
-        tx.commit().await
+        self.note(log_id, error, false).await
     }
 
     async fn complete(&self, event_id: &str) -> Result<bool, StoreError> {
         let lines = self.take_lines(event_id);
-        let result = async {
-            // No savepoint: each statement stands on its own (what was sent, was sent).
-            let mut tx = self.group.begin_statement().await?;
-            mark_lines_sent(tx.conn(), &lines).await?;
-            let done = sqlx::query(
-                "UPDATE events SET completed_at = COALESCE(completed_at, ?), owner = NULL, lease_until = NULL
-                 WHERE event_id = ?
-                   AND NOT EXISTS (SELECT 1 FROM notification_log WHERE event_id = ? AND status = 'pending')",
-            )
-            .bind(now())
-            .bind(event_id)
-            .bind(event_id)
-            .execute(tx.conn())
-            .await?;
-            tx.commit().await?;
-            Ok(done.rows_affected() == 1)
-        }
-        .await;
+        let (id, sent) = (event_id.to_string(), lines.clone());
+        let result = self
+            .hot
+            .run(move |conn| {
+                mark_lines_sent(conn, &sent)?;
+                let done = conn
+                    .prepare_cached(
+                        "UPDATE events SET completed_at = COALESCE(completed_at, ?1), owner = NULL, lease_until = NULL
+                         WHERE event_id = ?2
+                           AND NOT EXISTS (SELECT 1 FROM notification_log WHERE event_id = ?2 AND status = 'pending')",
+                    )?
+                    .execute((now(), &id))?;
+                Ok(done == 1)
+            })
+            .await;
         self.settle_lines(event_id, lines, result.is_ok());
         result
+    }
+}
+
+impl SqliteStore {
+    /// Notes an error on a delivery's log row: a transient one (counted as an
+    /// attempt), or, when `failed`, the reason it will never go out.
+    async fn note(&self, log_id: i64, error: &str, failed: bool) -> Result<(), StoreError> {
+        let error = error.to_string();
+        self.hot
+            .run(move |conn| {
+                let sql = if failed {
+                    "UPDATE notification_log SET status = 'failed', error = ?1, attempts = attempts + 1, owner = NULL,
+                       claim_until = NULL, updated_at = ?2 WHERE id = ?3"
+                } else {
+                    "UPDATE notification_log SET error = ?1, attempts = attempts + 1, updated_at = ?2 WHERE id = ?3"
+                };
+                conn.prepare_cached(sql)?.execute((&error, now(), log_id))?;
+                Ok(())
+            })
+            .await
     }
 }
 
 #[async_trait]
 impl EntryStore for SqliteStore {
     async fn put_entry(&self, e: &ActionCenterEntry) -> Result<(), StoreError> {
-        let mut tx = self.group.begin_statement().await?;
-        entries::put(tx.conn(), e).await?;
-        tx.commit().await
+        let e = e.clone();
+        self.hot
+            .run(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO action_center (id, user_key, partner_id, event_id, notification, category, priority,
+                       title, body, link, created_at, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (id) DO NOTHING",
+                )?
+                .execute(rusqlite::params![
+                    e.id,
+                    e.user,
+                    e.partner_id,
+                    e.event_id,
+                    e.notification,
+                    e.category,
+                    e.priority,
+                    e.title,
+                    e.body,
+                    e.link,
+                    ts(e.created_at),
+                    e.expires_at.map(ts),
+                ])?;
+                Ok(())
+            })
+            .await
     }
 
     async fn inbox(&self, user: &str, query: &InboxQuery<'_>) -> Result<InboxPage, StoreError> {
@@ -383,35 +404,24 @@ impl EntryStore for SqliteStore {
     }
 
     async fn mark(&self, user: &str, id: Option<&str>, mark: Mark) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await?;
         entries::mark(&self.writer, user, id, mark).await
     }
 }
 
-/// Records deliveries as sent (those still pending: a line applied twice
-/// changes nothing), in one statement per few hundred lines.
-async fn mark_lines_sent(conn: &mut sqlx::SqliteConnection, lines: &[journal::Line]) -> Result<(), StoreError> {
+/// Records deliveries as sent (those still pending: a line applied twice changes nothing).
+fn mark_lines_sent(conn: &rusqlite::Connection, lines: &[journal::Line]) -> Result<(), StoreError> {
+    if lines.is_empty() {
+        return Ok(());
+    }
     let now = now();
-    for chunk in lines.chunks(record::ROWS_PER_STATEMENT) {
-        let mut update = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "UPDATE notification_log SET status = 'sent', message_id = CASE id",
-        );
-        for line in chunk {
-            update
-                .push(" WHEN ")
-                .push_bind(line.log_id)
-                .push(" THEN ")
-                .push_bind(line.message_id.as_deref());
-        }
-        update
-            .push(" END, error = NULL, attempts = attempts + 1, owner = NULL, claim_until = NULL, updated_at = ")
-            .push_bind(&now)
-            .push(" WHERE status = 'pending' AND id IN (");
-        let mut ids = update.separated(", ");
-        for line in chunk {
-            ids.push_bind(line.log_id);
-        }
-        update.push(")");
-        update.build().execute(&mut *conn).await?;
+    let mut update = conn.prepare_cached(
+        "UPDATE notification_log SET status = 'sent', message_id = ?1, error = NULL, attempts = attempts + 1,
+           owner = NULL, claim_until = NULL, updated_at = ?2
+         WHERE id = ?3 AND status = 'pending'",
+    )?;
+    for line in lines {
+        update.execute((line.message_id.as_deref(), &now, line.log_id))?;
     }
     Ok(())
 }

@@ -1,7 +1,10 @@
-//! The parts of admission both stores write the same way: counting an event
-//! under its digest counters, applying its directory change, recording the
-//! state its rules ask for, and logging its planned deliveries. Each runs inside the caller's admission
-//! transaction; compiled into each backend with its `dialect`.
+//! The writes of every event in PostgreSQL: admission's parts (counting an
+//! event under its digest counters, applying its directory change, recording
+//! the state its rules ask for, archiving it, logging its planned
+//! deliveries), each inside the caller's admission transaction; and the
+//! notes on a delivery and the Action Center entries written as it is sent.
+//! (The embedded store writes the same rows on its writer thread:
+//! `store/sqlite/admit.rs`.)
 
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row};
@@ -9,6 +12,7 @@ use sqlx::{QueryBuilder, Row};
 use super::dialect::{Conn, Db, stamp};
 use crate::event::Event;
 use crate::route::{Delivery, DigestKey, StateChange};
+use crate::store::ActionCenterEntry;
 use crate::store::{StoreError, record};
 
 /// Counts the event under each key (in key order, so two transactions never
@@ -146,5 +150,61 @@ pub async fn log_deliveries(
         });
         insert.build().execute(&mut *conn).await?;
     }
+    Ok(())
+}
+
+/// Notes an error on a delivery's log row: a transient one (counted as an
+/// attempt), or, when `failed`, the reason it will never go out.
+pub async fn note(conn: &mut Conn, log_id: i64, error: &str, failed: bool) -> Result<(), StoreError> {
+    let sql = if failed {
+        "UPDATE notification_log SET status = 'failed', error = $1, attempts = attempts + 1, owner = NULL,
+           claim_until = NULL, updated_at = $2 WHERE id = $3"
+    } else {
+        "UPDATE notification_log SET error = $1, attempts = attempts + 1, updated_at = $2 WHERE id = $3"
+    };
+    sqlx::query(sql)
+        .bind(error)
+        .bind(stamp(Utc::now()))
+        .bind(log_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn archive(conn: &mut Conn, event: &Event, now: DateTime<Utc>) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO archive (event_id, event_type, event_time, received_at, event_json)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(event.id.as_str())
+    .bind(event.event_type.as_str())
+    .bind(stamp(event.time))
+    .bind(stamp(now))
+    .bind(record::cloudevent_json(event))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn put<'c>(db: impl sqlx::Executor<'c, Database = Db>, e: &ActionCenterEntry) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO action_center (id, user_key, partner_id, event_id, notification, category, priority, title,
+               body, link, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&e.id)
+    .bind(&e.user)
+    .bind(&e.partner_id)
+    .bind(&e.event_id)
+    .bind(&e.notification)
+    .bind(&e.category)
+    .bind(&e.priority)
+    .bind(&e.title)
+    .bind(&e.body)
+    .bind(&e.link)
+    .bind(stamp(e.created_at))
+    .bind(e.expires_at.map(stamp))
+    .execute(db)
+    .await?;
     Ok(())
 }
