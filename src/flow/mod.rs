@@ -58,10 +58,16 @@ impl Flow {
     /// worker must now send, or `None` when there is nothing left to do.
     async fn admit(&self, event: &Event, serving: &ServingSet) -> Result<Option<Vec<OutboxItem>>, ProcessError> {
         let state = self.store.state_for(event).await?;
-        let counters = route(event, &serving.rules, &*self.directory.read(), &state).counters;
+        let first = route(event, &serving.rules, &*self.directory.read(), &state);
+        let counters = first.counters.clone();
         let captured: Mutex<Option<Plan>> = Mutex::new(None);
         let planner = |positions: &[(DigestKey, u32)]| {
-            let plan = self.plan(event, serving, &state, positions);
+            // Nothing counted: the plan is the one just made (most events).
+            let plan = if positions.is_empty() && counters.is_empty() {
+                first.clone()
+            } else {
+                self.plan(event, serving, &state, positions)
+            };
             *captured.lock().unwrap_or_else(|e| e.into_inner()) = Some(plan.clone());
             plan
         };

@@ -32,6 +32,20 @@ pub fn cloudevent_json(event: &Event) -> String {
     .to_string()
 }
 
+/// The statuses recorded for a referral, from its `(receiver, status)`
+/// rows (an empty receiver is the referral's own status).
+pub fn referral_state(referral: &str, rows: impl IntoIterator<Item = (String, String)>) -> crate::route::MemoryState {
+    let mut state = crate::route::MemoryState::new();
+    for (receiver, status) in rows {
+        if receiver.is_empty() {
+            state.set_referral_status(referral, &status);
+        } else {
+            state.set_receiver_status(referral, &receiver, &status);
+        }
+    }
+    state
+}
+
 /// Decodes stored directory rows, in order.
 pub fn decode_rows(rows: impl IntoIterator<Item = String>) -> Result<Vec<Event>, super::StoreError> {
     rows.into_iter()

@@ -1,4 +1,5 @@
-//! The writes of every event in PostgreSQL: admission's parts (counting an
+//! What every event reads and writes in PostgreSQL: the state its rules
+//! look at; admission's parts (counting an
 //! event under its digest counters, applying its directory change, recording
 //! the state its rules ask for, archiving it, logging its planned
 //! deliveries), each inside the caller's admission transaction; and the
@@ -207,4 +208,17 @@ pub async fn put<'c>(db: impl sqlx::Executor<'c, Database = Db>, e: &ActionCente
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// The statuses recorded for the event's referral and its receivers.
+pub async fn state_for(pool: &sqlx::PgPool, event: &Event) -> Result<crate::route::MemoryState, StoreError> {
+    let Some(referral) = event.referral() else {
+        return Ok(crate::route::MemoryState::new());
+    };
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT receiver, status FROM referral_states WHERE referral = $1")
+            .bind(referral.id.as_str())
+            .fetch_all(pool)
+            .await?;
+    Ok(record::referral_state(referral.id.as_str(), rows))
 }

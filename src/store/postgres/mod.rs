@@ -247,7 +247,7 @@ impl EventStore for PgStore {
     }
 
     async fn state_for(&self, event: &Event) -> Result<MemoryState, StoreError> {
-        events::state_for(&self.pool, event).await
+        admission::state_for(&self.pool, event).await
     }
 
     async fn mark_failed(&self, log_id: i64, error: &str) -> Result<(), StoreError> {

@@ -7,30 +7,7 @@ use sqlx::Row;
 
 use super::dialect::{Pool, Stamp, read_stamp, stamp};
 use crate::event::Event;
-use crate::route::MemoryState;
 use crate::store::{EventRecord, StoreError, record};
-
-/// The statuses recorded for the event's referral and its receivers.
-pub async fn state_for(pool: &Pool, event: &Event) -> Result<MemoryState, StoreError> {
-    let mut state = MemoryState::new();
-    let Some(referral) = event.referral() else {
-        return Ok(state);
-    };
-    let rows = sqlx::query("SELECT receiver, status FROM referral_states WHERE referral = $1")
-        .bind(referral.id.as_str())
-        .fetch_all(pool)
-        .await?;
-    for row in rows {
-        let receiver: String = row.try_get("receiver")?;
-        let status: String = row.try_get("status")?;
-        if receiver.is_empty() {
-            state.set_referral_status(referral.id.as_str(), &status);
-        } else {
-            state.set_receiver_status(referral.id.as_str(), &receiver, &status);
-        }
-    }
-    Ok(state)
-}
 
 pub async fn record_dead_letter(
     pool: &Pool,

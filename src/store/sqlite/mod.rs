@@ -107,6 +107,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// The writer thread, for the writes of every event: batched into shared commits.
     hot: writer::Writer,
+    /// Read-only connections for the reads of every event, run in place.
+    point: writer::PointReads,
     reader: SqlitePool,
     /// Where sent deliveries are written down at once (none for an in-memory database).
     journal: Option<journal::Journal>,
@@ -176,6 +178,7 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
         Ok(Self {
+            point: writer::PointReads::new(std::path::Path::new(path)),
             hot,
             writer,
             reader,
@@ -300,7 +303,17 @@ impl EventStore for SqliteStore {
     }
 
     async fn state_for(&self, event: &Event) -> Result<MemoryState, StoreError> {
-        events::state_for(&self.reader, event).await
+        let Some(referral) = event.referral() else {
+            return Ok(MemoryState::new());
+        };
+        let id = referral.id.as_str();
+        self.point.read(|conn| {
+            let mut select = conn.prepare_cached("SELECT receiver, status FROM referral_states WHERE referral = ?1")?;
+            let rows = select
+                .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<(String, String)>, _>>()?;
+            Ok(super::record::referral_state(id, rows))
+        })
     }
 
     async fn mark_failed(&self, log_id: i64, error: &str) -> Result<(), StoreError> {
