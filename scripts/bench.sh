@@ -31,7 +31,7 @@
 # (router on SQLite / floor, router on SQLite / peer, router on PostgreSQL /
 # floor, our render time / handlebars.js, peak RSS of the 100k backlog).
 # Knobs (environment): EVENTS, BACKLOG (0 skips it), RUNS (medians over them),
-# BACKLOG_LIMIT (seconds), REPLAY_EVENTS (0 skips replay), PREFETCH, CONCURRENCY, SMTP_POOL, PG_POOL, STORES, RENDER,
+# BACKLOG_LIMIT (seconds), REPLAY_EVENTS (0 skips replay), PREFETCH, CONCURRENCY, SMTP_POOL, PG_POOL, PG_SSLMODE, STORES, RENDER,
 # FLOOR (0 skips it), FLOOR_MESSAGES, PEER (0 skips it), PEER_DIR, PROFILE (0 skips it), PERF_DIR, WORKER_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +45,9 @@ CONCURRENCY=${CONCURRENCY:-128}
 SMTP_POOL=${SMTP_POOL:-32}
 PG_POOL=${PG_POOL:-16}
 PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
+# Plain on loopback, like every other connection of the bench (AMQP, SMTP) and
+# of the floor; `prefer` or `require` measures the worker with TLS to the database.
+PG_SSLMODE=${PG_SSLMODE:-disable}
 AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 CEILING_DIR=${CEILING_DIR:-$ROOT/../shared/tools/amqp-ceiling}
 WAIT_LIMIT=${WAIT_LIMIT:-150} # seconds any one phase may take to drain
@@ -154,7 +157,7 @@ store_url() { # kind name: sets STORE_URL
     local db=bench_${2//[^a-z0-9]/_}
     psql "$PG_URL/postgres" -qc "CREATE DATABASE $db" >/dev/null
     DATABASES+=("$db")
-    STORE_URL="$PG_URL/$db"
+    STORE_URL="$PG_URL/$db?sslmode=$PG_SSLMODE"
   fi
 }
 
@@ -406,7 +409,9 @@ echo "floor (amqp-ceiling --smtp, quorum, $EMAILS_PER_EVENT emails x $EMAIL_BYTE
 [ "$PEER" = 1 ] && echo "peer (Node.js, $PEER_DIR): events/s=${RESULT[peer.1]} emails/s=${RESULT[peer.2]}" \
   "cpu_ms/event=${RESULT[peer.5]} (median of $RUNS, $EVENTS events)"
 for kind in $STORES; do
-  echo "$kind: events/s=${RESULT[$kind.1]} emails/s=${RESULT[$kind.2]} p50=${RESULT[$kind.3]}ms" \
+  label=$kind
+  [ "$kind" = postgres ] && label="postgres (sslmode=$PG_SSLMODE)"
+  echo "$label: events/s=${RESULT[$kind.1]} emails/s=${RESULT[$kind.2]} p50=${RESULT[$kind.3]}ms" \
     "p99=${RESULT[$kind.4]}ms cpu_ms/event=${RESULT[$kind.5]} peak_rss=${RESULT[$kind.6]}MiB" \
     "lost=${RESULT[$kind.7]} duplicates=${RESULT[$kind.8]} worker_cores=${RESULT[$kind.9]}" \
     "ceiling_ratio=$(ratio "${RESULT[$kind.1]}" "$CEILING") floor_ratio=$(ratio "${RESULT[$kind.1]}" "$FLOOR_RATE")" \
