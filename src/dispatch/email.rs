@@ -320,8 +320,11 @@ impl Pool {
             .acquire()
             .await
             .map_err(|e| SendError::Transient(e.to_string()))?;
-        let envelope = message.envelope();
+        let envelope = message.envelope().clone();
         let content = message.formatted();
+        // What goes out from here on is `content`.
+        drop(message);
+        let envelope = &envelope;
         let connection = match self.take_idle() {
             // A pooled connection the server has since closed fails at once: try a new one.
             Some(mut pooled) => match self.envelope(&mut pooled, envelope, &content).await {

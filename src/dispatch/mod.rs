@@ -112,6 +112,8 @@ impl Dispatcher {
             (Channel::Email, Rendered::Email(email)) => {
                 let cause = send.event.id.as_str();
                 let (message, id) = compose_email(&self.letterhead, send.rules, send.event, d, &email)?;
+                // The message holds it now: what waits for an SMTP connection is held once, not twice.
+                drop(email);
                 let still_ours = self.still_ours(item, &mut send.renewed);
                 let record = self.store.mark_sent(cause, item.log_id, Some(&id));
                 self.mailer.deliver(message, still_ours, record).await?;

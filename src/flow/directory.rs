@@ -54,8 +54,8 @@ impl DirectoryCache {
     }
 
     /// Applies the directory and preference changes any worker recorded since
-    /// the last call. Two indexed queries that usually return nothing, so it
-    /// runs per event; skipped while the store says it changed nothing.
+    /// the last call. One indexed query that usually says nothing changed, so
+    /// it runs per event; skipped while the store says it changed nothing.
     pub async fn refresh(&self, store: &dyn DirectoryStore) -> Result<(), StoreError> {
         // Taken before reading, so a change committed meanwhile is read next time.
         let hint = store.change_hint();
@@ -77,6 +77,9 @@ impl DirectoryCache {
             self.seq.load(Ordering::Acquire),
             self.preferences_seq.load(Ordering::Acquire),
         );
+        if !store.changed_since(seen, seen_preferences).await? {
+            return Ok(());
+        }
         let (mut changes, mut preferences) = tokio::try_join!(
             store.directory_changes(seen),
             store.preference_changes(seen_preferences)

@@ -296,6 +296,10 @@ pub trait DirectoryStore: Send + Sync {
     /// The preference changes stored (by any worker) after `after`, oldest first.
     async fn preference_changes(&self, after: i64) -> Result<PreferenceChanges, StoreError>;
 
+    /// Whether a directory change after `directory` or a preference change
+    /// after `preferences` is stored: one query, where reading both would be two.
+    async fn changed_since(&self, directory: i64, preferences: i64) -> Result<bool, StoreError>;
+
     /// Records recipients' choices, in order, in one transaction.
     async fn record_preferences(&self, changes: &[crate::preferences::PreferenceChange]) -> Result<(), StoreError>;
 

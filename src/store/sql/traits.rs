@@ -40,6 +40,18 @@ impl DirectoryStore for Backend {
         })
     }
 
+    async fn changed_since(&self, directory: i64, preferences: i64) -> Result<bool, StoreError> {
+        let changed: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM directory WHERE seq > $1)
+                 OR EXISTS (SELECT 1 FROM preference_changes WHERE seq > $2)",
+        )
+        .bind(directory)
+        .bind(preferences)
+        .fetch_one(self.read_pool())
+        .await?;
+        Ok(changed)
+    }
+
     async fn preference_changes(&self, after: i64) -> Result<PreferenceChanges, StoreError> {
         preferences::changes(self.read_pool(), after).await
     }

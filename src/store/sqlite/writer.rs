@@ -58,6 +58,8 @@ impl Writer {
         // FULL: a committed batch survives a power cut, which is what acking relies on.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
+        // 1 MiB of pages: the hot path's tables and indexes stay cached, and the worker's memory bounded.
+        conn.pragma_update(None, "cache_size", -1024)?;
         conn.set_prepared_statement_cache_capacity(64);
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
@@ -136,11 +138,18 @@ fn serve(conn: &Connection, queue: &mpsc::Receiver<Job>) {
                         Ok(())
                     };
                     let failed = open.is_err();
-                    let finish = op(open.map(|()| conn));
-                    if failed {
-                        finish(Ok(()));
-                    } else {
-                        batch.push(finish);
+                    // A panic fails its own operation (its caller sees the writer's answer go
+                    // missing, and retries) and leaves the thread, and the rest of the batch, going.
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(open.map(|()| conn)))) {
+                        Ok(finish) if failed => finish(Ok(())),
+                        Ok(finish) => batch.push(finish),
+                        Err(_) => {
+                            tracing::error!("a store operation panicked; it is undone and its event retried");
+                            let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                            if batch.is_empty() && !conn.is_autocommit() {
+                                let _ = conn.execute_batch("ROLLBACK");
+                            }
+                        }
                     }
                 }
                 Job::Pause { paused, resume } => {
@@ -182,8 +191,9 @@ pub struct PointReads {
     idle: std::sync::Mutex<Vec<Connection>>,
 }
 
-/// Idle read connections kept open.
-const IDLE_READERS: usize = 8;
+/// Idle read connections kept open: about one per runtime thread, since a
+/// read runs where it is asked for.
+const IDLE_READERS: usize = 2;
 
 impl PointReads {
     pub fn new(path: &Path) -> Self {
@@ -204,6 +214,8 @@ impl PointReads {
                 )?;
                 // Readers wait only in rare moments (a WAL being reset); this thread is not held long for one.
                 conn.busy_timeout(Duration::from_millis(250))?;
+                // Point reads touch a few pages: a small cache keeps the worker's memory bounded.
+                conn.pragma_update(None, "cache_size", -256)?;
                 conn
             }
         };
@@ -262,6 +274,24 @@ mod tests {
         let e = b.unwrap_err().to_string();
         assert!(e.contains("UNIQUE constraint failed: t.k"), "{e}");
         assert_eq!(rows(&path), vec![("a".into(), 1), ("c".into(), 4)]);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_operation_fails_alone_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, path) = writer(&dir);
+        let panicked = writer
+            .run(|conn: &Connection| -> Result<(), StoreError> {
+                conn.execute("INSERT INTO t VALUES ('a', 1)", [])?;
+                panic!("a bug in an operation");
+            })
+            .await;
+        assert!(panicked.is_err());
+        writer
+            .run(|conn: &Connection| Ok(conn.execute("INSERT INTO t VALUES ('b', 2)", [])?))
+            .await
+            .unwrap();
+        assert_eq!(rows(&path), vec![("b".into(), 2)]);
     }
 
     #[tokio::test]
