@@ -71,8 +71,8 @@ impl DirectoryStore for Backend {
 #[async_trait]
 impl DigestStore for Backend {
     async fn held_groups(&self) -> Result<Vec<HeldGroup>, StoreError> {
-        let _turn = self.write_turn().await?;
-        digests::groups(self.write_pool()).await
+        // A read of committed rows: it need not hold up the writers.
+        digests::groups(self.read_pool()).await
     }
 
     async fn claim_digest(

@@ -110,8 +110,8 @@ pub struct SqliteStore {
     /// Read-only connections for the reads of every event, run in place.
     point: writer::PointReads,
     reader: SqlitePool,
-    /// Where sent deliveries are written down at once (none for an in-memory database).
-    journal: Option<journal::Journal>,
+    /// Where sent deliveries are written down at once.
+    journal: journal::Journal,
     /// Journal lines per event, committed with the event's `complete` or `release`.
     uncommitted: Mutex<HashMap<String, Vec<journal::Line>>>,
     /// This worker's name in leases.
@@ -182,7 +182,7 @@ impl SqliteStore {
             hot,
             writer,
             reader,
-            journal: Some(journal),
+            journal,
             uncommitted: Mutex::default(),
             owner: super::worker_id(),
             lease: settings.lease,
@@ -207,9 +207,7 @@ impl SqliteStore {
             return;
         }
         if committed {
-            if let Some(journal) = &self.journal {
-                journal.committed(&lines);
-            }
+            self.journal.committed(&lines);
         } else {
             self.keep_lines(event_id, lines);
         }
@@ -288,18 +286,10 @@ impl EventStore for SqliteStore {
     }
 
     async fn mark_sent(&self, event_id: &str, log_id: i64, message_id: Option<&str>) -> Result<(), StoreError> {
-        if let Some(journal) = &self.journal {
-            // Written down now; in the database with the event's `complete` (or `release`).
-            let line = journal.write(log_id, message_id)?;
-            self.keep_lines(event_id, vec![line]);
-            return Ok(());
-        }
-        let line = journal::Line {
-            log_id,
-            message_id: message_id.map(str::to_string),
-            file: 0,
-        };
-        self.hot.run(move |conn| mark_lines_sent(conn, &[line])).await
+        // Written down now; in the database with the event's `complete` (or `release`).
+        let line = self.journal.write(log_id, message_id)?;
+        self.keep_lines(event_id, vec![line]);
+        Ok(())
     }
 
     async fn state_for(&self, event: &Event) -> Result<MemoryState, StoreError> {

@@ -116,11 +116,16 @@ fn in_savepoint<T>(conn: &Connection, op: impl FnOnce(&Connection) -> Result<T, 
             Ok(value)
         }
         Err(e) => {
-            // If even this fails, the batch's commit fails and every operation in it is told.
-            let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+            undo(conn);
             Err(e)
         }
     }
+}
+
+/// Rolls the operation in progress back to its savepoint. If even this
+/// fails, the batch's commit fails and every operation in it is told.
+fn undo(conn: &Connection) {
+    let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
 }
 
 /// The thread: batches whatever has queued up, commits it, tells each operation.
@@ -145,7 +150,7 @@ fn serve(conn: &Connection, queue: &mpsc::Receiver<Job>) {
                         Ok(finish) => batch.push(finish),
                         Err(_) => {
                             tracing::error!("a store operation panicked; it is undone and its event retried");
-                            let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                            undo(conn);
                             if batch.is_empty() && !conn.is_autocommit() {
                                 let _ = conn.execute_batch("ROLLBACK");
                             }
