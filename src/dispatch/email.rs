@@ -14,11 +14,9 @@ use std::time::{Duration, Instant};
 
 use lettre::Message;
 use lettre::address::Envelope;
-use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
-use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use tokio::sync::{Semaphore, SemaphorePermit};
+
+use super::smtp::{Connection, Stream, Tls};
 
 use crate::config::{Smtp, SmtpTls};
 use crate::error::Failure;
@@ -43,16 +41,6 @@ impl From<SendError> for Failure {
         match e {
             SendError::Transient(e) => Failure::Mail(e),
             SendError::Permanent(e) => Failure::Permanent(e),
-        }
-    }
-}
-
-impl From<lettre::transport::smtp::Error> for SendError {
-    fn from(e: lettre::transport::smtp::Error) -> Self {
-        if e.is_permanent() {
-            Self::Permanent(e.to_string())
-        } else {
-            Self::Transient(e.to_string())
         }
     }
 }
@@ -196,7 +184,7 @@ impl Mailer {
 enum Staged<'a> {
     Smtp {
         pool: &'a Pool,
-        connection: Box<AsyncSmtpConnection>,
+        connection: Box<Connection>,
         content: Vec<u8>,
         _slot: SemaphorePermit<'a>,
     },
@@ -216,7 +204,7 @@ impl Staged<'_> {
                 content,
                 _slot,
             } => {
-                pool.timed(connection.message(&content)).await?;
+                pool.timed(connection.content(&content)).await?;
                 pool.put_back(*connection);
                 Ok(())
             }
@@ -256,38 +244,24 @@ fn file_name(message: &Message) -> String {
     format!("{safe}.eml")
 }
 
-/// TLS for `smtp.host`: the system's trust store, plus `smtp.tls_ca_file` when set.
-fn tls_parameters(smtp: &Smtp) -> Result<TlsParameters, String> {
-    let mut builder = TlsParameters::builder(smtp.host.clone());
-    if !smtp.tls_ca_file.is_empty() {
-        let pem = std::fs::read(&smtp.tls_ca_file)
-            .map_err(|e| format!("smtp.tls_ca_file: cannot read `{}`: {e}", smtp.tls_ca_file))?;
-        let certificate = Certificate::from_pem(&pem)
-            .map_err(|e| format!("smtp.tls_ca_file: `{}` is not a PEM certificate: {e}", smtp.tls_ca_file))?;
-        builder = builder.add_root_certificate(certificate);
-    }
-    builder
-        .build_rustls()
-        .map_err(|e| format!("smtp.host {}: TLS: {e}", smtp.host))
-}
-
 /// SMTP connections: at most `smtp.pool_max_size` open; an idle one older than
 /// `smtp.pool_idle_timeout` (at most 50 s) is closed when the next send looks
-/// for a connection. Plain and STARTTLS connections are opened with
-/// `TCP_NODELAY`: the content and its final dot go out as two writes, and
-/// without it the second waits for the server's delayed acknowledgement.
+/// for a connection. Connections are opened with `TCP_NODELAY`: each write is
+/// a whole step of the conversation (an envelope, a message with its final
+/// dot), and none should wait for the server's delayed acknowledgement.
 struct Pool {
     host: String,
     port: u16,
     tls: SmtpTls,
-    parameters: Option<TlsParameters>,
+    parameters: Option<Tls>,
     /// What the server's certificate is checked against, for error messages.
     trust: String,
-    credentials: Option<Credentials>,
-    hello: ClientId,
+    /// User name and password, when the server wants a login.
+    credentials: Option<(String, String)>,
+    hello: String,
     timeout: Duration,
     idle_timeout: Duration,
-    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    idle: Mutex<Vec<(Connection, Instant)>>,
     slots: Semaphore,
 }
 
@@ -295,7 +269,7 @@ impl Pool {
     fn new(smtp: &Smtp) -> Result<Self, String> {
         let parameters = match smtp.tls {
             SmtpTls::None => None,
-            SmtpTls::Tls | SmtpTls::Starttls => Some(tls_parameters(smtp)?),
+            SmtpTls::Tls | SmtpTls::Starttls => Some(Tls::new(&smtp.host, &smtp.tls_ca_file)?),
         };
         Ok(Self {
             host: smtp.host.clone(),
@@ -304,8 +278,8 @@ impl Pool {
             parameters,
             trust: crate::config::trust("smtp.tls_ca_file", &smtp.tls_ca_file),
             credentials: (!smtp.username.is_empty())
-                .then(|| Credentials::new(smtp.username.clone(), smtp.password.expose().to_string())),
-            hello: ClientId::default(),
+                .then(|| (smtp.username.clone(), smtp.password.expose().to_string())),
+            hello: super::smtp::hello_name(),
             timeout: smtp.timeout,
             // Closed by us before the server closes them (most do after about a minute).
             idle_timeout: smtp.pool_idle_timeout.min(Duration::from_secs(50)),
@@ -342,7 +316,7 @@ impl Pool {
         })
     }
 
-    async fn envelope_on_new(&self, envelope: &Envelope, content: &[u8]) -> Result<AsyncSmtpConnection, SendError> {
+    async fn envelope_on_new(&self, envelope: &Envelope, content: &[u8]) -> Result<Connection, SendError> {
         let mut connection = self.connect().await?;
         self.envelope(&mut connection, envelope, content).await?;
         Ok(connection)
@@ -351,82 +325,55 @@ impl Pool {
     /// `MAIL FROM`, `RCPT TO` for each recipient, `DATA`.
     async fn envelope(
         &self,
-        connection: &mut AsyncSmtpConnection,
+        connection: &mut Connection,
         envelope: &Envelope,
         content: &[u8],
     ) -> Result<(), SendError> {
-        let info = connection.server_info();
-        let mut options = Vec::new();
-        let non_ascii = envelope
-            .from()
-            .into_iter()
-            .chain(envelope.to())
-            .any(|a| !AsRef::<str>::as_ref(a).is_ascii());
-        if non_ascii {
-            if !info.supports_feature(Extension::SmtpUtfEight) {
+        let from = envelope.from().map_or("", |a| a.as_ref());
+        let to: Vec<&str> = envelope.to().iter().map(|a| a.as_ref()).collect();
+        let mut parameters = String::new();
+        if !from.is_ascii() || to.iter().any(|a| !a.is_ascii()) {
+            if !connection.extensions.smtp_utf8 {
                 return Err(SendError::Permanent(
                     "a non-ASCII address, and the server has no SMTPUTF8".into(),
                 ));
             }
-            options.push(MailParameter::SmtpUtfEight);
+            parameters.push_str(" SMTPUTF8");
         }
         if !content.is_ascii() {
-            if !info.supports_feature(Extension::EightBitMime) {
+            if !connection.extensions.eight_bit_mime {
                 return Err(SendError::Permanent(
                     "non-ASCII content, and the server has no 8BITMIME".into(),
                 ));
             }
-            options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+            parameters.push_str(" BODY=8BITMIME");
         }
-        self.timed(connection.command(Mail::new(envelope.from().cloned(), options)))
-            .await?;
-        for to in envelope.to() {
-            self.timed(connection.command(Rcpt::new(to.clone(), Vec::new())))
-                .await?;
-        }
-        self.timed(connection.command(Data)).await?;
-        Ok(())
+        self.timed(connection.envelope(from, &to, &parameters)).await
     }
 
-    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+    async fn connect(&self) -> Result<Connection, SendError> {
+        let tcp = tokio::time::timeout(
+            self.timeout,
+            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| SendError::Transient(format!("connecting to {}:{}: timed out", self.host, self.port)))?
+        .map_err(|e| SendError::Transient(format!("connecting to {}:{}: {e}", self.host, self.port)))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| SendError::Transient(format!("TCP_NODELAY: {e}")))?;
         let mut connection = match (&self.tls, &self.parameters) {
-            (SmtpTls::Tls, parameters) => self
-                .timed(AsyncSmtpConnection::connect_tokio1(
-                    (self.host.as_str(), self.port),
-                    Some(self.timeout),
-                    &self.hello,
-                    parameters.clone(),
-                    None,
-                ))
-                .await
-                .map_err(|e| self.tls_failure(e))?,
-            (_, parameters) => {
-                let stream = tokio::time::timeout(
-                    self.timeout,
-                    tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
-                )
-                .await
-                .map_err(|_| SendError::Transient(format!("connecting to {}:{}: timed out", self.host, self.port)))?
-                .map_err(|e| SendError::Transient(format!("connecting to {}:{}: {e}", self.host, self.port)))?;
-                stream
-                    .set_nodelay(true)
-                    .map_err(|e| SendError::Transient(format!("TCP_NODELAY: {e}")))?;
-                let mut connection = self
-                    .timed(AsyncSmtpConnection::connect_with_transport(
-                        Box::new(stream),
-                        &self.hello,
-                    ))
-                    .await?;
-                if let Some(parameters) = parameters {
-                    self.timed(connection.starttls(parameters.clone(), &self.hello))
-                        .await
-                        .map_err(|e| self.tls_failure(e))?;
-                }
-                connection
+            (SmtpTls::Tls, Some(tls)) => {
+                let stream = self.timed(tls.handshake(tcp)).await.map_err(|e| self.tls_failure(e))?;
+                self.timed(Connection::open(stream, &self.hello)).await?
             }
+            (SmtpTls::Starttls, Some(tls)) => {
+                let plain = self.timed(Connection::open(Stream::Plain(tcp), &self.hello)).await?;
+                self.timed(plain.starttls(tls)).await.map_err(|e| self.tls_failure(e))?
+            }
+            _ => self.timed(Connection::open(Stream::Plain(tcp), &self.hello)).await?,
         };
-        if let Some(credentials) = &self.credentials {
-            self.timed(connection.auth(DEFAULT_MECHANISMS, credentials)).await?;
+        if let Some((username, password)) = &self.credentials {
+            self.timed(connection.auth(username, password)).await?;
         }
         Ok(connection)
     }
@@ -442,27 +389,24 @@ impl Pool {
         ))
     }
 
-    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+    fn take_idle(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // Newest first; the stale ones are dropped (closing their sockets).
         idle.retain(|(_, since)| since.elapsed() < self.idle_timeout);
         idle.pop().map(|(connection, _)| connection)
     }
 
-    fn put_back(&self, connection: AsyncSmtpConnection) {
-        if !connection.has_broken() {
+    fn put_back(&self, connection: Connection) {
+        if connection.is_usable() {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             idle.push((connection, Instant::now()));
         }
     }
 
     /// One step of the conversation, bounded by `smtp.timeout`.
-    async fn timed<T>(
-        &self,
-        step: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
-    ) -> Result<T, SendError> {
+    async fn timed<T>(&self, step: impl Future<Output = Result<T, SendError>>) -> Result<T, SendError> {
         match tokio::time::timeout(self.timeout, step).await {
-            Ok(result) => result.map_err(SendError::from),
+            Ok(result) => result,
             Err(_) => Err(SendError::Transient(format!(
                 "the SMTP server did not answer within {:?}",
                 self.timeout

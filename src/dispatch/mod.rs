@@ -9,6 +9,7 @@
 
 pub mod action_center;
 pub mod email;
+mod smtp;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -11,6 +11,40 @@ use crate::support::{self, Backend, example, on_both_backends};
 
 on_both_backends!(every_row_is_emailed_to_the_right_people_with_both_parts,);
 
+/// Where the relay offers PIPELINING (RFC 2920) each envelope goes out in one
+/// piece; where it does not, each command waits for its reply. Mail arrives
+/// whole and once either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_are_pipelined_only_where_the_relay_offers_it() {
+    let _gate = support::shared().await;
+    for offered in [true, false] {
+        let (broker, smtp, worker) = support::start("pipelining", Backend::Sqlite, &[]).await;
+        smtp.set_pipelining(offered);
+        broker.publish(&example("dealreg.review_selected.json")).await;
+        let got = smtp.wait_for(2, Duration::from_secs(20)).await;
+        let to: BTreeSet<String> = got.iter().flat_map(|m| m.rcpt.clone()).collect();
+        assert_eq!(
+            to,
+            BTreeSet::from(["amy@fabrikam.example".to_string(), "ben@fabrikam.example".to_string()]),
+            "offered={offered}\nlog:\n{}",
+            worker.logs()
+        );
+        for m in &got {
+            assert!(
+                m.parsed().body_text(0).is_some_and(|t| !t.is_empty()),
+                "a whole message"
+            );
+        }
+        let pipelined = smtp.pipelined.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(pipelined, if offered { 2 } else { 0 }, "offered={offered}");
+        worker
+            .wait_settled(support::directory_events().len() + 1, Duration::from_secs(20))
+            .await;
+        assert_eq!(smtp.messages().len(), 2, "offered={offered}: once each");
+        broker.cleanup().await;
+    }
+}
+
 struct Case {
     file: &'static str,
     notification: &'static str,

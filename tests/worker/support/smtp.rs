@@ -1,5 +1,6 @@
 //! A real SMTP server over TCP, in process: enough of RFC 5321 (EHLO, MAIL,
-//! RCPT, DATA, RSET, NOOP, QUIT) for lettre, recording every accepted message.
+//! RCPT, DATA, RSET, NOOP, QUIT) and of PIPELINING (RFC 2920) for the worker,
+//! recording every accepted message.
 //! It can be switched "down": it then answers 421 and closes, like a server
 //! that is restarting.
 
@@ -46,6 +47,10 @@ pub struct SmtpSink {
     /// Addresses refused for good at `RCPT TO` (550), lower-cased.
     refused: Arc<Mutex<Vec<String>>>,
     tls: SinkTls,
+    /// Whether `EHLO` offers PIPELINING (it does unless told otherwise).
+    offer_pipelining: Arc<AtomicBool>,
+    /// Envelopes whose `MAIL FROM` came with the commands after it in the same read: pipelined.
+    pub pipelined: Arc<std::sync::atomic::AtomicUsize>,
     /// TLS handshakes that failed (the client refused the certificate, say).
     pub handshake_failures: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -68,6 +73,8 @@ impl SmtpSink {
             stall: Arc::default(),
             stalled: Arc::default(),
             refused: Arc::default(),
+            offer_pipelining: Arc::new(AtomicBool::new(true)),
+            pipelined: Arc::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -76,6 +83,11 @@ impl SmtpSink {
             }
         });
         sink
+    }
+
+    /// Whether `EHLO` offers PIPELINING from the next connection on.
+    pub fn set_pipelining(&self, offer: bool) {
+        self.offer_pipelining.store(offer, Ordering::SeqCst);
     }
 
     pub fn set_down(&self, down: bool) {
@@ -183,13 +195,25 @@ impl SmtpSink {
                 return None;
             }
             let upper = line.trim_end().to_ascii_uppercase();
-            let reply: &[u8] = if upper.starts_with("EHLO") && offer_starttls {
-                b"250-sink.test\r\n250-STARTTLS\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
+            if upper.starts_with("MAIL FROM") && !lines.buffer().is_empty() {
+                self.pipelined.fetch_add(1, Ordering::SeqCst);
+            }
+            let ehlo = [
+                "250-sink.test\r\n",
+                if offer_starttls { "250-STARTTLS\r\n" } else { "" },
+                if self.offer_pipelining.load(Ordering::SeqCst) {
+                    "250-PIPELINING\r\n"
+                } else {
+                    ""
+                },
+                "250-8BITMIME\r\n250 SMTPUTF8\r\n",
+            ]
+            .concat();
+            let reply: &[u8] = if upper.starts_with("EHLO") {
+                ehlo.as_bytes()
             } else if upper == "STARTTLS" && offer_starttls {
                 let _ = write.write_all(b"220 2.0.0 ready to start TLS\r\n").await;
                 return Some(lines.into_inner().unsplit(write));
-            } else if upper.starts_with("EHLO") {
-                b"250-sink.test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
             } else if upper.starts_with("MAIL FROM") && self.stall.load(Ordering::SeqCst) {
                 self.stalled.fetch_add(1, Ordering::SeqCst);
                 while self.stall.load(Ordering::SeqCst) {
