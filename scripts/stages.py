@@ -4,7 +4,7 @@
 Reads `perf script` text on stdin. Each sample is charged to the first frame,
 from the leaf towards the root, that names a stage: one of the worker's own
 modules, or a library that only one stage uses (sqlx and SQLite: store;
-lapin: broker; lettre's message builder: MIME, its transport: SMTP;
+lapin: broker; lettre's message builder: MIME; the SMTP client: SMTP;
 handlebars: render). Libraries shared by stages (serde_json, the allocator,
 memmove, the kernel) are charged to whoever called them. Samples with no such
 frame are `runtime` (tokio's scheduler, epoll, idle wake-ups) when they are
@@ -28,7 +28,7 @@ FRAMES = [
     (re.compile(r"referral_router::store|sqlx_|sqlx::|libsqlite3|sqlite3[A-Z_a-z]"), "store"),
     (re.compile(r"referral_router::render::message|lettre::message|quoted_printable|referral_router::dispatch::email::Letterhead"), "mime"),
     (re.compile(r"referral_router::render|handlebars::"), "render"),
-    (re.compile(r"referral_router::dispatch::email|lettre::transport|lettre::"), "smtp"),
+    (re.compile(r"referral_router::dispatch::(email|smtp)|lettre::"), "smtp"),
     (re.compile(r"referral_router::(broker|consume|dispatch::action_center)|lapin::|amq_protocol"), "broker"),
 ]
 

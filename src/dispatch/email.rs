@@ -139,18 +139,46 @@ impl Mailer {
         })
     }
 
-    /// Sends `message`: stages it, takes a turn, asks `still_ours` whether it
-    /// may still go (`false`: another worker took it over, nothing is sent, and
-    /// the answer is [`Failure::TakenOver`]), sends the content and runs
-    /// `record` before the turn is given back. Both are futures, run only when
-    /// their step comes.
+    /// A place among the messages going out at once (`smtp.pool_max_size`),
+    /// one per SMTP connection. Taken before a message is rendered, it keeps
+    /// the messages held in memory to the number of connections, however many
+    /// events are in flight.
+    pub async fn slot(&self) -> Result<Slot<'_>, SendError> {
+        match &self.transport {
+            Transport::Smtp(pool) => pool
+                .slots
+                .acquire()
+                .await
+                .map(|permit| Slot(Some(permit)))
+                .map_err(|e| SendError::Transient(e.to_string())),
+            Transport::Files(_) => Ok(Slot(None)),
+        }
+    }
+
+    /// Sends `message` in a slot of its own: see [`Mailer::deliver_in`].
     pub async fn deliver(
         &self,
         message: Message,
         still_ours: impl Future<Output = Result<bool, StoreError>>,
         record: impl Future<Output = Result<(), StoreError>>,
     ) -> Result<(), Failure> {
-        let staged = self.stage(message).await?;
+        let slot = self.slot().await?;
+        self.deliver_in(slot, message, still_ours, record).await
+    }
+
+    /// Sends `message` in `slot`: stages it, takes a turn, asks `still_ours`
+    /// whether it may still go (`false`: another worker took it over, nothing
+    /// is sent, and the answer is [`Failure::TakenOver`]), sends the content
+    /// and runs `record` before the turn is given back. Both are futures, run
+    /// only when their step comes.
+    pub async fn deliver_in(
+        &self,
+        slot: Slot<'_>,
+        message: Message,
+        still_ours: impl Future<Output = Result<bool, StoreError>>,
+        record: impl Future<Output = Result<(), StoreError>>,
+    ) -> Result<(), Failure> {
+        let staged = self.stage(slot, message).await?;
         let turn = self.turn().await?;
         // Staging and the wait for a turn can be long: the send must still be ours.
         if !still_ours.await? {
@@ -171,13 +199,17 @@ impl Mailer {
     }
 
     /// Takes a connection and sends the envelope; the content follows with [`Staged::finish`].
-    async fn stage(&self, message: Message) -> Result<Staged<'_>, SendError> {
-        match &self.transport {
-            Transport::Smtp(pool) => pool.stage(message).await,
-            Transport::Files(dir) => Ok(Staged::File { dir, message }),
+    async fn stage<'a>(&'a self, slot: Slot<'a>, message: Message) -> Result<Staged<'a>, SendError> {
+        match (&self.transport, slot) {
+            (Transport::Smtp(pool), Slot(Some(slot))) => pool.stage(slot, message).await,
+            (Transport::Smtp(_), Slot(None)) => Err(SendError::Transient("a slot taken from another mailer".into())),
+            (Transport::Files(dir), _) => Ok(Staged::File { dir, message }),
         }
     }
 }
+
+/// A place among the messages going out at once; see [`Mailer::slot`].
+pub struct Slot<'a>(Option<SemaphorePermit<'a>>);
 
 /// A message whose envelope the server has taken, waiting to send its content.
 /// Dropped unfinished, its connection is closed and the server discards it.
@@ -288,12 +320,7 @@ impl Pool {
         })
     }
 
-    async fn stage(&self, message: Message) -> Result<Staged<'_>, SendError> {
-        let slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|e| SendError::Transient(e.to_string()))?;
+    async fn stage<'a>(&'a self, slot: SemaphorePermit<'a>, message: Message) -> Result<Staged<'a>, SendError> {
         let envelope = message.envelope().clone();
         let content = message.formatted();
         // What goes out from here on is `content`.

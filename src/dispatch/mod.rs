@@ -105,22 +105,27 @@ impl Dispatcher {
     /// One delivery out on its channel; the id it went out with.
     async fn send(&self, send: &mut EventSend<'_>, item: &OutboxItem) -> Result<String, Failure> {
         let d = &item.delivery;
+        // An email waits for its place among those going out before it is rendered, not after.
+        let slot = match d.channel {
+            Channel::Email => Some(self.mailer.slot().await?),
+            Channel::ActionCenter => None,
+        };
         let rendered = send
             .session
             .render(d)
             .map_err(|e| Failure::Permanent(format!("rendering: {e}")))?;
-        match (d.channel, rendered) {
-            (Channel::Email, Rendered::Email(email)) => {
+        match (d.channel, rendered, slot) {
+            (Channel::Email, Rendered::Email(email), Some(slot)) => {
                 let cause = send.event.id.as_str();
                 let (message, id) = compose_email(&self.letterhead, send.rules, send.event, d, &email)?;
                 // The message holds it now: what waits for an SMTP connection is held once, not twice.
                 drop(email);
                 let still_ours = self.still_ours(item, &mut send.renewed);
                 let record = self.store.mark_sent(cause, item.log_id, Some(&id));
-                self.mailer.deliver(message, still_ours, record).await?;
+                self.mailer.deliver_in(slot, message, still_ours, record).await?;
                 Ok(id)
             }
-            (Channel::ActionCenter, Rendered::ActionCenter(content)) => {
+            (Channel::ActionCenter, Rendered::ActionCenter(content), _) => {
                 let spec = send.rules.action_center(&d.notification);
                 let entry = action_center::entry(send.event, d, content, spec);
                 action_center::publish(&*self.store, &self.publisher, &self.action_center_exchange, &entry).await?;
