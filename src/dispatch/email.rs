@@ -149,9 +149,9 @@ impl Mailer {
                 .slots
                 .acquire()
                 .await
-                .map(|permit| Slot(Some(permit)))
+                .map(|permit| Slot { _permit: Some(permit) })
                 .map_err(|e| SendError::Transient(e.to_string())),
-            Transport::Files(_) => Ok(Slot(None)),
+            Transport::Files(_) => Ok(Slot { _permit: None }),
         }
     }
 
@@ -200,16 +200,18 @@ impl Mailer {
 
     /// Takes a connection and sends the envelope; the content follows with [`Staged::finish`].
     async fn stage<'a>(&'a self, slot: Slot<'a>, message: Message) -> Result<Staged<'a>, SendError> {
-        match (&self.transport, slot) {
-            (Transport::Smtp(pool), Slot(Some(slot))) => pool.stage(slot, message).await,
-            (Transport::Smtp(_), Slot(None)) => Err(SendError::Transient("a slot taken from another mailer".into())),
-            (Transport::Files(dir), _) => Ok(Staged::File { dir, message }),
+        match &self.transport {
+            Transport::Smtp(pool) => pool.stage(slot, message).await,
+            Transport::Files(dir) => Ok(Staged::File { dir, message }),
         }
     }
 }
 
 /// A place among the messages going out at once; see [`Mailer::slot`].
-pub struct Slot<'a>(Option<SemaphorePermit<'a>>);
+pub struct Slot<'a> {
+    /// Held, not read: the place is given back when the slot is dropped.
+    _permit: Option<SemaphorePermit<'a>>,
+}
 
 /// A message whose envelope the server has taken, waiting to send its content.
 /// Dropped unfinished, its connection is closed and the server discards it.
@@ -218,7 +220,7 @@ enum Staged<'a> {
         pool: &'a Pool,
         connection: Box<Connection>,
         content: Vec<u8>,
-        _slot: SemaphorePermit<'a>,
+        _slot: Slot<'a>,
     },
     File {
         dir: &'a std::path::Path,
@@ -320,7 +322,7 @@ impl Pool {
         })
     }
 
-    async fn stage<'a>(&'a self, slot: SemaphorePermit<'a>, message: Message) -> Result<Staged<'a>, SendError> {
+    async fn stage<'a>(&'a self, slot: Slot<'a>, message: Message) -> Result<Staged<'a>, SendError> {
         let envelope = message.envelope().clone();
         let content = message.formatted();
         // What goes out from here on is `content`.

@@ -10,7 +10,6 @@
 //! A connection that fails in the middle of a message is marked broken and
 //! must be dropped: closing it makes the server discard what it has so far.
 
-use std::fmt::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -203,19 +202,23 @@ pub struct Connection {
 impl Connection {
     /// Reads the server's greeting on `stream` and introduces this client as `hello`.
     pub async fn open(stream: Stream, hello: &str) -> Result<Self, SendError> {
-        let mut connection = Self {
-            stream: BufReader::new(stream),
-            extensions: Extensions::default(),
-            hello: hello.to_string(),
-            out: Vec::new(),
-            broken: false,
-        };
+        let mut connection = Self::on(stream, hello.to_string(), Vec::new());
         let greeting = connection.reply().await?;
         if !greeting.is(2) {
             return Err(greeting.failure("connecting"));
         }
         connection.ehlo().await?;
         Ok(connection)
+    }
+
+    fn on(stream: Stream, hello: String, out: Vec<u8>) -> Self {
+        Self {
+            stream: BufReader::new(stream),
+            extensions: Extensions::default(),
+            hello,
+            out,
+            broken: false,
+        }
     }
 
     async fn ehlo(&mut self) -> Result<(), SendError> {
@@ -242,13 +245,7 @@ impl Connection {
                 "STARTTLS on a connection already under TLS".into(),
             ));
         };
-        let mut connection = Self {
-            stream: BufReader::new(tls.handshake(tcp).await?),
-            extensions: Extensions::default(),
-            hello: self.hello,
-            out: self.out,
-            broken: false,
-        };
+        let mut connection = Self::on(tls.handshake(tcp).await?, self.hello, self.out);
         connection.ehlo().await?;
         Ok(connection)
     }
@@ -290,7 +287,9 @@ impl Connection {
         self.out.extend_from_slice(mail.as_bytes());
         self.out.extend_from_slice(b"\r\n");
         for to in to {
-            let _ = write!(Line(&mut self.out), "RCPT TO:<{to}>\r\n");
+            self.out.extend_from_slice(b"RCPT TO:<");
+            self.out.extend_from_slice(to.as_bytes());
+            self.out.extend_from_slice(b">\r\n");
         }
         self.out.extend_from_slice(b"DATA\r\n");
         self.flush_out().await?;
@@ -422,16 +421,6 @@ fn data(content: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
-}
-
-/// `write!` into a byte buffer.
-struct Line<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Line<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
 }
 
 /// This host's name for `EHLO`, or `localhost` when it has none that fits.
