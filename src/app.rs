@@ -30,8 +30,8 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Settings(String),
-    #[error("http.addr {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    #[error("http.addr {addr}: {reason}")]
+    Listen { addr: String, reason: std::io::Error },
 }
 
 /// The worker's stages, built once.
@@ -82,9 +82,9 @@ impl App {
         let addr = self.settings.http_addr();
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|source| StartError::Listen {
+            .map_err(|reason| StartError::Listen {
                 addr: self.settings.http.addr.clone(),
-                source,
+                reason,
             })?;
         info!(addr = %self.settings.http.addr, "HTTP listening");
         let publisher = self.flow.dispatcher.publisher.clone();

@@ -207,6 +207,26 @@ impl Broker {
         out
     }
 
+    /// Whether the worker's queue exists: only the worker declares it, after
+    /// the exchanges, so a worker that answers as ready and whose queue is
+    /// missing is some other process on the port.
+    pub async fn declared(&self) -> bool {
+        // A passive declare of a missing queue closes its channel: use one of its own.
+        let Ok(channel) = self.conn.create_channel().await else {
+            return false;
+        };
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let found = channel
+            .queue_declare(self.queue.as_str().into(), passive, FieldTable::default())
+            .await
+            .is_ok();
+        let _ = channel.close(200, "checked".into()).await;
+        found
+    }
+
     /// Removes this test's queues and exchanges.
     pub async fn cleanup(self) {
         for q in [

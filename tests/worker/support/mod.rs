@@ -159,7 +159,7 @@ impl Worker {
         }
         let log = dir.path().join("worker.log");
         let child = spawn(&env, &log, output);
-        let worker = Self {
+        let mut worker = Self {
             child,
             http: format!("127.0.0.1:{port}"),
             _dir: dir,
@@ -168,6 +168,29 @@ impl Worker {
             _store: store.clone(),
         };
         worker.wait_ready().await;
+        // The port was free when it was picked, not necessarily when the worker
+        // bound it: an answer from another process does not make this one ready.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !broker.declared().await {
+            if let Ok(Some(status)) = worker.child.try_wait()
+                && worker.logs().contains("Address already in use")
+            {
+                let port = free_port();
+                eprintln!("the worker's port was taken ({status}); starting it on {port}");
+                worker.http = format!("127.0.0.1:{port}");
+                worker.env.retain(|(k, _)| k != "ROUTER__HTTP__ADDR");
+                worker.env.push(("ROUTER__HTTP__ADDR".into(), worker.http.clone()));
+                worker.child = spawn(&worker.env, &worker.log, Output::Log);
+                worker.wait_ready().await;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a process answered as ready on {} but the worker has not declared its queue; its log:\n{}",
+                worker.http,
+                worker.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         worker
     }
 
