@@ -31,7 +31,7 @@
 # (router on SQLite / floor, router on SQLite / peer, router on PostgreSQL /
 # floor, our render time / handlebars.js, peak RSS of the 100k backlog).
 # Knobs (environment): EVENTS, BACKLOG (0 skips it), RUNS (medians over them),
-# BACKLOG_LIMIT (seconds), REPLAY_EVENTS (0 skips replay), PREFETCH, CONCURRENCY, SMTP_POOL, PG_POOL, PG_SSLMODE, STORES, RENDER,
+# BACKLOG_LIMIT (seconds), REPLAY_EVENTS (0 skips replay), PREFETCH, CONCURRENCY, SMTP_POOL, PG_POOL, PG_WORKERS, PG_SSLMODE, STORES, RENDER,
 # FLOOR (0 skips it), FLOOR_MESSAGES, PEER (0 skips it), PEER_DIR, PROFILE (0 skips it), PERF_DIR, WORKER_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +44,7 @@ PREFETCH=${PREFETCH:-256}
 CONCURRENCY=${CONCURRENCY:-128}
 SMTP_POOL=${SMTP_POOL:-32}
 PG_POOL=${PG_POOL:-16}
+PG_WORKERS=${PG_WORKERS:-1} # workers sharing the queue and the database in the PostgreSQL runs
 PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 # Plain on loopback, like every other connection of the bench (AMQP, SMTP) and
 # of the floor; `prefer` or `require` measures the worker with TLS to the database.
@@ -96,9 +97,11 @@ CARGO_TARGET_DIR=$CEILING_TARGET cargo build --quiet --release --manifest-path "
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Sum of a Prometheus counter over its labels, from the worker's /metrics.
+# Sum of a Prometheus counter over its labels, from the /metrics of every
+# worker of the run (their ports are in PORTS).
 counter() {
-  curl -sf "http://127.0.0.1:$HTTP_PORT/metrics" |
+  local port
+  for port in "${PORTS[@]}"; do curl -sf "http://127.0.0.1:$port/metrics"; done |
     awk -v m="$1" 'index($1, m "{") == 1 || $1 == m {s += $2} END {printf "%d", s}'
 }
 
@@ -125,10 +128,23 @@ wait_ready() {
   return 1
 }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+proc_files() { local p; for p in "$@"; do cat "/proc/$p/$FILE"; done; }
+cpu_ticks() { FILE=stat proc_files "$@" | awk '{s += $14 + $15} END {print s}'; }               # summed over the pids
+hwm_kib() { FILE=status proc_files "$@" | awk '/^VmHWM/ && $2 > m {m = $2} END {print m + 0}'; } # the largest
 
-start_worker() { # store-url queue
+# Starts $3 workers (default 1) on one store and one queue: WORKERS and PORTS
+# list them, WORKER and HTTP_PORT are the first.
+start_worker() { # store-url queue [workers]
+  WORKERS=() PORTS=()
+  local n
+  for n in $(seq 1 "${3:-1}"); do
+    start_one "$1" "$2"
+    WORKERS+=("$WORKER") PORTS+=("$HTTP_PORT")
+  done
+  WORKER=${WORKERS[0]} HTTP_PORT=${PORTS[0]}
+}
+
+start_one() { # store-url queue
   HTTP_PORT=$(free_port)
   ROUTER__AMQP__URL=$AMQP_URL ROUTER__AMQP__EXCHANGE=$EXCHANGE ROUTER__AMQP__QUEUE=$2 \
     ROUTER__AMQP__DEAD_LETTER_EXCHANGE=$DLX ROUTER__AMQP__ACTION_CENTER_EXCHANGE=$AC \
@@ -143,11 +159,13 @@ start_worker() { # store-url queue
 }
 
 stop_worker() {
-  kill -TERM "$WORKER" 2>/dev/null || true
-  local deadline=$((SECONDS + 30))
-  while kill -0 "$WORKER" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-  kill -KILL "$WORKER" 2>/dev/null || true
-  wait "$WORKER" 2>/dev/null || true
+  local deadline=$((SECONDS + 30)) w
+  for w in "${WORKERS[@]}"; do kill -TERM "$w" 2>/dev/null || true; done
+  for w in "${WORKERS[@]}"; do
+    while kill -0 "$w" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+    kill -KILL "$w" 2>/dev/null || true
+    wait "$w" 2>/dev/null || true
+  done
 }
 
 store_url() { # kind name: sets STORE_URL
@@ -169,14 +187,16 @@ e2e() { # kind run [rows-name]
   local name=$1$2 queue=bench.router.$RUN.$1$2 rows=${3:-$1}
   QUEUES+=("$queue" "$queue.dead")
   store_url "$1" "$name$RUN"
-  start_worker "$STORE_URL" "$queue"
+  local workers=1
+  [ "$1" = postgres ] && workers=$PG_WORKERS
+  start_worker "$STORE_URL" "$queue" "$workers"
   loadgen publish --exchange "$EXCHANGE" --events 0 --manifest "$WORK/dir.jsonl" 2>/dev/null
   local dir
   dir=$(sed -n 's/.*"directory":\([0-9]*\).*/\1/p' "$WORK/dir.jsonl")
   wait_settled "$dir"
   local cpu0 sink=$WORK/sink-$name.jsonl
   : >"$WORK/sink.jsonl"
-  cpu0=$(cpu_ticks "$WORKER")
+  cpu0=$(cpu_ticks "${WORKERS[@]}")
   local t0=$EPOCHREALTIME perf=
   if [ -n "${STACKS:-}" ]; then
     perf record -q -F 199 --call-graph dwarf,16384 -p "$WORKER" -o "$STACKS" 2>/dev/null &
@@ -190,10 +210,10 @@ e2e() { # kind run [rows-name]
     2>"$WORK/publish.log"
   wait_settled $((dir + EVENTS))
   local cpu1 rss
-  cpu1=$(cpu_ticks "$WORKER")
+  cpu1=$(cpu_ticks "${WORKERS[@]}")
   local wall
   wall=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {print b - a}')
-  rss=$(hwm_kib "$WORKER")
+  rss=$(hwm_kib "${WORKERS[@]}")
   if [ -n "$perf" ]; then kill -INT "$perf" && wait "$perf" || true; fi
   stop_worker
   # The run's queues and database go now: a queue left bound to the exchange
@@ -309,6 +329,7 @@ if [ "$PEER" = 1 ]; then
       DB_PATH="$WORK/peer-$r.db" METRICS_PORT=$HTTP_PORT "$PEER_HOME/run.sh" >>"$WORK/peer.log" 2>&1 &
     WORKER=$!
     PIDS+=("$WORKER")
+    WORKERS=("$WORKER") PORTS=("$HTTP_PORT")
     # The first start installs its pinned dependencies (better-sqlite3 may compile).
     READY_LIMIT=400 wait_ready || { tail -20 "$WORK/peer.log" >&2; exit 1; }
     loadgen publish --exchange "$EXCHANGE" --events 0 --manifest "$WORK/dir.jsonl" 2>/dev/null
@@ -410,7 +431,7 @@ echo "floor (amqp-ceiling --smtp, quorum, $EMAILS_PER_EVENT emails x $EMAIL_BYTE
   "cpu_ms/event=${RESULT[peer.5]} (median of $RUNS, $EVENTS events)"
 for kind in $STORES; do
   label=$kind
-  [ "$kind" = postgres ] && label="postgres (sslmode=$PG_SSLMODE)"
+  [ "$kind" = postgres ] && label="postgres (sslmode=$PG_SSLMODE, workers=$PG_WORKERS)"
   echo "$label: events/s=${RESULT[$kind.1]} emails/s=${RESULT[$kind.2]} p50=${RESULT[$kind.3]}ms" \
     "p99=${RESULT[$kind.4]}ms cpu_ms/event=${RESULT[$kind.5]} peak_rss=${RESULT[$kind.6]}MiB" \
     "lost=${RESULT[$kind.7]} duplicates=${RESULT[$kind.8]} worker_cores=${RESULT[$kind.9]}" \
