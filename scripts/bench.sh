@@ -128,9 +128,13 @@ wait_ready() {
   return 1
 }
 
-proc_files() { local p; for p in "$@"; do cat "/proc/$p/$FILE"; done; }
-cpu_ticks() { FILE=stat proc_files "$@" | awk '{s += $14 + $15} END {print s}'; }               # summed over the pids
-hwm_kib() { FILE=status proc_files "$@" | awk '/^VmHWM/ && $2 > m {m = $2} END {print m + 0}'; } # the largest
+proc_files() { # file pid...: /proc/PID/FILE of each
+  local file=$1 p
+  shift
+  for p in "$@"; do cat "/proc/$p/$file"; done
+}
+cpu_ticks() { proc_files stat "$@" | awk '{s += $14 + $15} END {print s}'; }               # summed over the pids
+hwm_kib() { proc_files status "$@" | awk '/^VmHWM/ && $2 > m {m = $2} END {print m + 0}'; } # the largest
 
 # Starts $3 workers (default 1) on one store and one queue: WORKERS and PORTS
 # list them, WORKER and HTTP_PORT are the first.

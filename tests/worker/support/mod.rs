@@ -171,17 +171,19 @@ impl Worker {
         // The port was free when it was picked, not necessarily when the worker
         // bound it: an answer from another process does not make this one ready.
         let deadline = Instant::now() + Duration::from_secs(15);
+        // Where this start's lines begin in the log: a retry reads only its own.
+        let mut since = 0;
         while !broker.declared().await {
             if let Ok(Some(status)) = worker.child.try_wait()
-                && worker.logs().contains("Address already in use")
+                && worker.logs()[since..].contains("Address already in use")
             {
                 let port = free_port();
                 eprintln!("the worker's port was taken ({status}); starting it on {port}");
                 worker.http = format!("127.0.0.1:{port}");
                 worker.env.retain(|(k, _)| k != "ROUTER__HTTP__ADDR");
                 worker.env.push(("ROUTER__HTTP__ADDR".into(), worker.http.clone()));
-                worker.child = spawn(&worker.env, &worker.log, Output::Log);
-                worker.wait_ready().await;
+                since = worker.logs().len();
+                worker.restart().await;
             }
             assert!(
                 Instant::now() < deadline,
