@@ -8,6 +8,7 @@ use lettre::Message;
 use lettre::message::header::{Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 
+use super::encode::text_body;
 use super::{RenderedEmail, one_line};
 use crate::event::{EmailAddress, EventId};
 use crate::route::Recipient;
@@ -111,8 +112,8 @@ pub fn build_email(
     // same bytes wherever it is built (the worker's send, a preview), but for `Date`.
     let body = MultiPart::alternative()
         .boundary(boundary(message_id))
-        .singlepart(SinglePart::plain(email.text.clone()))
-        .singlepart(SinglePart::html(email.html.clone()));
+        .singlepart(SinglePart::plain(text_body(&email.text)))
+        .singlepart(SinglePart::html(text_body(&email.html)));
     Ok(builder.multipart(body)?)
 }
 

@@ -33,6 +33,7 @@
 //! recipient's name and address after that.
 
 pub mod check;
+mod encode;
 pub mod helpers;
 mod inline;
 mod load;
