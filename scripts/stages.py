@@ -26,7 +26,7 @@ FRAMES = [
     (re.compile(r"referral_router::decode"), "decode"),
     (re.compile(r"referral_router::(route|directory|flow::directory|preferences)"), "route"),
     (re.compile(r"referral_router::store|sqlx_|sqlx::|libsqlite3|sqlite3[A-Z_a-z]"), "store"),
-    (re.compile(r"referral_router::render::message|lettre::message|quoted_printable|referral_router::dispatch::email::Letterhead"), "mime"),
+    (re.compile(r"referral_router::render::(message|encode)|lettre::message|quoted_printable|referral_router::dispatch::email::Letterhead"), "mime"),
     (re.compile(r"referral_router::render|handlebars::"), "render"),
     (re.compile(r"referral_router::dispatch::(email|smtp)|lettre::"), "smtp"),
     (re.compile(r"referral_router::(broker|consume|dispatch::action_center)|lapin::|amq_protocol"), "broker"),
