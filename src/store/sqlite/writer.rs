@@ -60,8 +60,9 @@ impl Writer {
         conn.pragma_update(None, "foreign_keys", true)?;
         // 1 MiB of pages: the hot path's tables and indexes stay cached, and the worker's memory bounded.
         conn.pragma_update(None, "cache_size", -1024)?;
-        // Each operation's savepoint keeps a copy of the pages it changes that the batch had
-        // already changed; in memory that copy is a memcpy, in a temporary file a write each.
+        // Each operation's savepoint copies a page that existed when it began before first
+        // changing it, so the operation can be undone alone; in memory each copy is a memcpy,
+        // in a temporary file a write.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.set_prepared_statement_cache_capacity(64);
         let (jobs, queue) = mpsc::channel();
